@@ -1,0 +1,25 @@
+# The two commands of the README. Both set up what they need first (idempotent).
+SHELL := /bin/bash
+PY := .venv/bin/python
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+RUN_DIR := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m pipelines.sft --config configs/sft/default.yaml --output_dir $(RUN_DIR)/sft
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: setup
+	$(PY) -m bench

@@ -1,0 +1,1 @@
+"""Evaluation: batched generation, text metrics, side-by-side model comparisons."""

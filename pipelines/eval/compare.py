@@ -1,0 +1,103 @@
+"""Side-by-side generations of several models on the same held-out prompts.
+
+Writes `generations.jsonl` (one row per prompt, every model's output) and `generations.md`
+(a metrics table, then prompt | reference | model A | model B ...), and returns per-model metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pipelines.eval.generation import Generation, Messages, generate
+from pipelines.eval.metrics import bleu, exact_match
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>") or "∅"
+
+
+def _prompt_text(prompt: Messages | str) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def compare_models(
+    loaders: dict[str, Callable[[], PreTrainedModel]],
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages | str],
+    references: Sequence[str],
+    out_dir: Path,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+) -> dict[str, dict[str, float]]:
+    """Generate with each model in turn (one in memory at a time) and write the comparison files."""
+    outputs: dict[str, list[Generation]] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    for name, load in loaders.items():
+        model = load()
+        generations, stats = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            desc=f"Generating ({name})",
+        )
+        del model
+        texts = [g.text for g in generations]
+        outputs[name] = generations
+        metrics[name] = {
+            "exact_match": exact_match(texts, references),
+            "bleu": bleu(texts, references),
+            "mean_new_tokens": sum(g.num_tokens for g in generations)
+            / max(len(generations), 1),
+            "eos_rate": sum(g.hit_eos for g in generations) / max(len(generations), 1),
+            "generation_tokens_per_second": stats.tokens_per_second,
+        }
+    write_comparison(out_dir, prompts, references, outputs, metrics)
+    return metrics
+
+
+def write_comparison(
+    out_dir: Path,
+    prompts: Sequence[Messages | str],
+    references: Sequence[str],
+    outputs: dict[str, list[Generation]],
+    metrics: dict[str, dict[str, float]],
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(outputs)
+    with (out_dir / "generations.jsonl").open("w", encoding="utf-8") as handle:
+        for i, prompt in enumerate(prompts):
+            row: dict[str, Any] = {
+                "prompt": _prompt_text(prompt),
+                "reference": references[i],
+            }
+            row.update({name: outputs[name][i].text for name in names})
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    keys = list(next(iter(metrics.values()), {}))
+    lines = [
+        f"# Generations on {len(prompts)} held-out prompts",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(f"{metrics[name][k]:.3f}" for k in keys) + " |"
+        for name in names
+    ]
+    lines += [
+        "",
+        "| prompt | reference | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for i, prompt in enumerate(prompts):
+        cells = [_prompt_text(prompt), references[i]] + [
+            outputs[name][i].text for name in names
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    (out_dir / "generations.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

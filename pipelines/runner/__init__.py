@@ -1,0 +1,29 @@
+"""The one runner every stage shares: config, seeding, model loading, logging, checkpoints, outputs."""
+
+from pipelines.runner.config import RunArguments, parse_config
+from pipelines.runner.errors import UserError, cli_entry
+from pipelines.runner.modeling import load_model, load_tokenizer, lora_config
+from pipelines.runner.run import (
+    MetricsLogger,
+    save_outputs,
+    stage_defaults,
+    start_run,
+    train,
+    write_summary,
+)
+
+__all__ = [
+    "MetricsLogger",
+    "RunArguments",
+    "UserError",
+    "cli_entry",
+    "load_model",
+    "load_tokenizer",
+    "lora_config",
+    "parse_config",
+    "save_outputs",
+    "stage_defaults",
+    "start_run",
+    "train",
+    "write_summary",
+]

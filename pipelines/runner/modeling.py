@@ -1,0 +1,121 @@
+"""Model and tokenizer loading for every stage: dtype, LoRA (peft), QLoRA, merged export."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from pipelines.models import resolve_model
+from pipelines.runner.errors import UserError
+
+
+def torch_dtype(model_args: ModelConfig, use_bf16: bool) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are >100x slower there); the requested dtype on accelerators."""
+    if model_args.dtype not in (None, "auto"):
+        return getattr(torch, model_args.dtype)
+    return torch.bfloat16 if use_bf16 and torch.cuda.is_available() else torch.float32
+
+
+def check_quantization(model_args: ModelConfig) -> None:
+    """QLoRA needs bitsandbytes on a CUDA GPU; say so before anything is loaded."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(
+            "QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU: bitsandbytes quantised layers do not train on "
+            "CPU here; use plain LoRA (use_peft: true, load_in_4bit: false) on CPU"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
+    if not model_args.use_peft:
+        raise UserError(
+            "a 4/8-bit model can only be trained with LoRA adapters: set use_peft: true"
+        )
+
+
+def load_tokenizer(
+    name_or_path: str, padding_side: str = "right"
+) -> PreTrainedTokenizerBase:
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise UserError(
+            f"cannot load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}"
+        ) from None
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise UserError(
+            f"the tokenizer of {name_or_path!r} has no pad token distinct from eos: generation would not stop and "
+            "eos would be masked out of the loss; set tokenizer.pad_token to an unused token and save it"
+        )
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def model_kwargs(model_args: ModelConfig, use_bf16: bool) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments shared by every model a stage loads."""
+    check_quantization(model_args)
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(model_args, use_bf16),
+        "revision": model_args.model_revision,
+    }
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    return kwargs
+
+
+def load_model(
+    name_or_path: str,
+    model_args: ModelConfig,
+    use_bf16: bool,
+    auto_class: type = AutoModelForCausalLM,
+    **extra: Any,
+) -> PreTrainedModel:
+    """Load a (local or hub) model; a LoRA adapter folder loads with its base model."""
+    path = resolve_model(name_or_path)
+    kwargs = model_kwargs(model_args, use_bf16) | extra
+    try:
+        if (Path(path) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            return AutoPeftModelForCausalLM.from_pretrained(
+                path, **kwargs
+            ).merge_and_unload()
+        return auto_class.from_pretrained(path, **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        reason = "the hub is offline" if offline else str(err).splitlines()[0]
+        raise UserError(f"cannot load model {name_or_path!r}: {reason}") from None
+
+
+def lora_config(model_args: ModelConfig):
+    """The LoRA adapter config from the stage's model arguments (None for full fine-tuning)."""
+    return get_peft_config(model_args)
+
+
+def export_merged(adapter_dir: Path, merged_dir: Path) -> Path:
+    """Merge a LoRA adapter into its base weights and save a plain model folder (with tokenizer)."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=torch.float32)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(merged_dir)
+    return merged_dir

@@ -1,0 +1,165 @@
+"""The run lifecycle every stage shares: seed, output dir, resume, metrics, summary, saving."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from pipelines.runner.config import RunArguments, save_resolved_config
+from pipelines.runner.errors import UserError, claim_output_dir, release_output_dir
+from pipelines.runner.modeling import export_merged
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "run_config.yaml"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state["global_step"])
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from: those steps run again."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line).get("step", 0) <= after_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def stage_defaults() -> dict[str, Any]:
+    """Defaults every stage starts from before its YAML: fp32 on CPU, TensorBoard, token counts."""
+    import torch
+
+    return {
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "report_to": ["tensorboard"],
+        "include_num_input_tokens_seen": True,
+    }
+
+
+def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str | None:
+    """Seed, check the output dir, and find the checkpoint to resume from (None: fresh run)."""
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last and not run_args.resume:
+        raise UserError(
+            f"{output_dir} already holds checkpoints ({Path(last).name}); pass --resume to continue that run "
+            "or choose another --output_dir"
+        )
+    if run_args.resume and last is None and PartialState().is_main_process:
+        print(f"--resume: no checkpoint in {output_dir}, starting from scratch")
+    if last and PartialState().is_main_process:
+        _truncate_metrics(output_dir / METRICS_FILE, _checkpoint_step(last))
+    claim_output_dir(output_dir)
+    return last
+
+
+class MetricsLogger(TrainerCallback):
+    """Append every log event to `<output_dir>/metrics.jsonl` (one JSON object per logged step)."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.path = Path(output_dir) / METRICS_FILE
+        self.start = time.time()
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kw: Any,
+    ) -> None:
+        release_output_dir()  # from here on the output dir holds a run worth keeping
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        record: dict[str, Any] = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            **logs,
+        }
+        if "eval_loss" in logs:
+            record["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        record["elapsed_s"] = round(time.time() - self.start, 3)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def train(trainer: Trainer, resume_from: str | None) -> dict[str, Any]:
+    """Run the trainer and return the train figures the summary reports."""
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = dict(result.metrics)
+    tokens = trainer.state.num_input_tokens_seen
+    runtime = metrics.get("train_runtime") or 0.0
+    if tokens and runtime:
+        world = trainer.args.world_size
+        metrics["train_tokens"] = int(tokens)
+        metrics["train_tokens_per_second"] = tokens / runtime
+        metrics["train_tokens_per_second_per_process"] = tokens / runtime / world
+    return metrics
+
+
+def save_outputs(
+    trainer: Trainer,
+    run_args: RunArguments,
+    configs: tuple[Any, ...],
+    summary: dict[str, Any],
+    tokenizer: Any,
+) -> Path:
+    """Save the final model once (main process), the resolved config and, for LoRA, a merged copy."""
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(
+        str(output_dir)
+    )  # unwraps DDP/FSDP and writes from the main process only
+    state = PartialState()
+    if state.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+        save_resolved_config(output_dir / CONFIG_FILE, *configs)
+        if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
+            summary["merged_model"] = str(
+                export_merged(output_dir, output_dir / "merged")
+            )
+    state.wait_for_everyone()
+    return output_dir
+
+
+def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """`summary.json`: the run's final figures (main process only)."""
+    path = Path(output_dir) / SUMMARY_FILE
+    if PartialState().is_main_process:
+        summary = {**summary, "peak_rss_mib": round(peak_rss_mib(), 1)}
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path

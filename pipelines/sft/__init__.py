@@ -1,0 +1,1 @@
+"""Supervised fine-tuning stage (TRL SFTTrainer)."""
