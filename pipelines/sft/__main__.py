@@ -54,42 +54,28 @@ class GenerationEvalArguments:
 
     eval_generation_samples: int = dataclasses.field(
         default=32,
-        metadata={
-            "help": "Held-out prompts answered by the base and the tuned model (0: skip)."
-        },
+        metadata={"help": "Held-out prompts answered by the base and the tuned model (0: skip)."},
     )
-    max_new_tokens: int = dataclasses.field(
-        default=64, metadata={"help": "Generation length limit."}
-    )
+    max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Generation length limit."})
     generation_batch_size: int = dataclasses.field(
         default=32,
-        metadata={
-            "help": "Prompts per generate() call: wider is faster on CPU, until memory runs out."
-        },
+        metadata={"help": "Prompts per generate() call: wider is faster on CPU, until memory runs out."},
     )
     compare_base: bool = dataclasses.field(
         default=True,
-        metadata={
-            "help": "Also generate with the untrained base model (before/after table)."
-        },
+        metadata={"help": "Also generate with the untrained base model (before/after table)."},
     )
 
 
-def build_datasets(
-    data_args: DataArguments, tokenizer: Any, training_args: SFTConfig
-) -> tuple[Any, Any]:
+def build_datasets(data_args: DataArguments, tokenizer: Any, training_args: SFTConfig) -> tuple[Any, Any]:
     train_rows, eval_rows = load_splits(data_args, training_args.seed)
     mapping = detect_mapping(train_rows.column_names, data_args.columns)
     datasets = []
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         formatted = to_training_format(rows, mapping, data_args.system_prompt)
-        datasets.append(
-            drop_overlong_prompts(formatted, tokenizer, training_args.max_length, name)
-        )
+        datasets.append(drop_overlong_prompts(formatted, tokenizer, training_args.max_length, name))
     if "messages" in datasets[0].column_names and not training_args.assistant_only_loss:
-        print(
-            "note: messages data trains on every token; set assistant_only_loss: true to train on replies only"
-        )
+        print("note: messages data trains on every token; set assistant_only_loss: true to train on replies only")
     return datasets[0], datasets[1]
 
 
@@ -110,9 +96,7 @@ def generation_eval(
         return {}
     loaders = {}
     if args.compare_base:
-        loaders["base"] = lambda: load_model(
-            base_model, model_args, trainer.args.bf16
-        ).to(trainer.model.device)
+        loaders["base"] = lambda: load_model(base_model, model_args, trainer.args.bf16).to(trainer.model.device)
     loaders["tuned"] = lambda: trainer.model
     return compare_models(
         loaders,
@@ -134,9 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipelines.sft",
     )
     if not model_args.model_name_or_path:
-        raise UserError(
-            "no model: set model_name_or_path (a folder under models/, a path, or a hub id)"
-        )
+        raise UserError("no model: set model_name_or_path (a folder under models/, a path, or a hub id)")
     if gen_args.max_new_tokens <= 0:
         raise UserError(f"max_new_tokens must be > 0, got {gen_args.max_new_tokens}")
     resume_from = start_run(run_args, training_args)
@@ -179,9 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     write_summary(output_dir, summary)
     if PartialState().is_main_process:
-        print(
-            f"done: model, metrics.jsonl, summary.json and generations.md in {output_dir}"
-        )
+        print(f"done: model, metrics.jsonl, summary.json and generations.md in {output_dir}")
 
 
 if __name__ == "__main__":
