@@ -5,10 +5,9 @@ from pipelines.runner.errors import UserError, cli_entry
 from pipelines.runner.modeling import load_model, load_tokenizer, lora_config
 from pipelines.runner.run import (
     MetricsLogger,
-    save_outputs,
     stage_defaults,
     start_run,
-    train,
+    train_evaluate_save,
     write_summary,
 )
 
@@ -21,9 +20,8 @@ __all__ = [
     "load_tokenizer",
     "lora_config",
     "parse_config",
-    "save_outputs",
     "stage_defaults",
     "start_run",
-    "train",
+    "train_evaluate_save",
     "write_summary",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def stage_defaults() -> dict[str, Any]:
 def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str | None:
     """Seed, check the output dir, and find the checkpoint to resume from (None: fresh run)."""
     set_seed(training_args.seed)
+    if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError("push_to_hub needs the hub, but HF_HUB_OFFLINE=1: unset it and log in (hf auth login)")
     output_dir = Path(training_args.output_dir)
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if last and not run_args.resume:
@@ -146,6 +149,19 @@ def save_outputs(
             summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
     state.wait_for_everyone()
     return output_dir
+
+
+def train_evaluate_save(
+    trainer: Trainer, run_args: RunArguments, configs: tuple[Any, ...], tokenizer: Any, resume_from: str | None
+) -> tuple[dict[str, Any], Path]:
+    """The part every Trainer-based stage shares: train, final evaluation, save once."""
+    summary: dict[str, Any] = {"world_size": trainer.args.world_size, "train": train(trainer, resume_from)}
+    if trainer.eval_dataset is not None:
+        summary["eval"] = trainer.evaluate()
+        if "eval_loss" in summary["eval"]:
+            summary["eval"]["eval_perplexity"] = math.exp(min(summary["eval"]["eval_loss"], 50.0))
+    output_dir = save_outputs(trainer, run_args, configs, summary, tokenizer)
+    return summary, output_dir
 
 
 def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:

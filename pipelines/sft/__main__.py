@@ -16,7 +16,6 @@ held-out prompts: `generations.md` shows them side by side, `summary.json` has t
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,9 @@ from pipelines.runner import (
     load_tokenizer,
     lora_config,
     parse_config,
-    save_outputs,
     stage_defaults,
     start_run,
-    train,
+    train_evaluate_save,
     write_summary,
 )
 
@@ -135,21 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=lora_config(model_args),
         callbacks=[MetricsLogger(training_args.output_dir)],
     )
-    summary: dict[str, Any] = {"train": train(trainer, resume_from)}
-    eval_metrics = trainer.evaluate()
-    eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
-    summary["eval"] = eval_metrics
-    summary["data"] = {
-        "train_examples": len(train_dataset),
-        "eval_examples": len(eval_dataset),
-    }
-    output_dir = save_outputs(
-        trainer,
-        run_args,
-        (data_args, gen_args, run_args, training_args, model_args),
-        summary,
-        tokenizer,
-    )
+    configs = (data_args, gen_args, run_args, training_args, model_args)
+    summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from)
+    summary["data"] = {"train_examples": len(train_dataset), "eval_examples": len(eval_dataset)}
     if PartialState().is_main_process and gen_args.eval_generation_samples > 0:
         summary["generation"] = generation_eval(
             trainer,

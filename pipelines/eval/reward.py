@@ -1,0 +1,121 @@
+"""Reward-model scoring and its evaluation: pairwise accuracy, score histograms, calibration.
+
+`score` is the one scoring function: the reward stage's eval, `python -m pipelines.reward score`
+and PPO's model-based reward all call it, so a reward means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Messages = list[dict[str, str]]
+
+
+def render(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages | str]) -> list[str]:
+    """Conversations through the chat template (no generation prompt); plain strings kept as they are."""
+    return [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+
+
+@torch.inference_mode()
+def score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages | str],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    desc: str | None = "Scoring",
+) -> list[float]:
+    """One scalar reward per conversation, batched by length (right padding; the model reads the last token)."""
+    texts = render(tokenizer, conversations)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = [0.0] * len(texts)
+    was_training = model.training
+    model.eval()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        for first in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
+            index = order[first : first + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in index],
+                return_tensors="pt",
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                add_special_tokens=False,
+            ).to(model.device)
+            logits = model(**batch).logits[:, 0].float().tolist()
+            for i, value in zip(index, logits, strict=True):
+                scores[i] = value
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return scores
+
+
+def pairwise_report(
+    chosen_scores: Sequence[float], rejected_scores: Sequence[float], out_dir: Path, bins: int = 5
+) -> dict[str, Any]:
+    """Accuracy, a chosen-vs-rejected histogram and a margin calibration curve (PNG + numbers)."""
+    chosen, rejected = np.asarray(chosen_scores), np.asarray(rejected_scores)
+    margin = chosen - rejected
+    report: dict[str, Any] = {
+        "pairs": len(margin),
+        "accuracy": float((margin > 0).mean()) if len(margin) else 0.0,
+        "mean_margin": float(margin.mean()) if len(margin) else 0.0,
+        "chosen_mean": float(chosen.mean()) if len(margin) else 0.0,
+        "rejected_mean": float(rejected.mean()) if len(margin) else 0.0,
+    }
+    # Calibration: does a larger |score gap| mean the model is more often right?
+    edges = np.quantile(np.abs(margin), np.linspace(0, 1, bins + 1)) if len(margin) else np.zeros(bins + 1)
+    calibration = []
+    for low, high in itertools.pairwise(edges):
+        inside = (np.abs(margin) >= low) & (np.abs(margin) <= high)
+        if inside.any():
+            calibration.append(
+                {
+                    "abs_margin_low": float(low),
+                    "abs_margin_high": float(high),
+                    "pairs": int(inside.sum()),
+                    "accuracy": float((margin[inside] > 0).mean()),
+                }
+            )
+    report["calibration"] = calibration
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = _plot(chosen, rejected, calibration, out_dir)
+    (out_dir / "reward_eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _plot(chosen: np.ndarray, rejected: np.ndarray, calibration: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    edges = np.histogram_bin_edges(np.concatenate([chosen, rejected]), bins=30)
+    left.hist(chosen, bins=edges, alpha=0.6, label=f"chosen (mean {chosen.mean():.2f})")
+    left.hist(rejected, bins=edges, alpha=0.6, label=f"rejected (mean {rejected.mean():.2f})")
+    left.set(title="Reward scores on held-out pairs", xlabel="score", ylabel="pairs")
+    left.legend()
+    centres = [(c["abs_margin_low"] + c["abs_margin_high"]) / 2 for c in calibration]
+    right.plot(centres, [c["accuracy"] for c in calibration], marker="o")
+    right.set(
+        title="Calibration", xlabel="|chosen - rejected| score (bin centre)", ylabel="pairwise accuracy", ylim=(0, 1.05)
+    )
+    right.axhline(0.5, color="grey", linestyle=":", label="chance")
+    right.legend()
+    fig.tight_layout()
+    path = out_dir / "reward_eval.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [str(path)]
