@@ -81,8 +81,9 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
 class MetricsLogger(TrainerCallback):
     """Append every log event to `<output_dir>/metrics.jsonl` (one JSON object per logged step)."""
 
-    def __init__(self, output_dir: str | Path) -> None:
+    def __init__(self, output_dir: str | Path, language_model: bool = True) -> None:
         self.path = Path(output_dir) / METRICS_FILE
+        self.language_model = language_model  # eval_loss is a token NLL: perplexity means something
         self.start = time.time()
 
     def on_train_begin(
@@ -109,7 +110,7 @@ class MetricsLogger(TrainerCallback):
             "epoch": state.epoch,
             **logs,
         }
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.language_model:
             record["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
         record["elapsed_s"] = round(time.time() - self.start, 3)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,8 +159,6 @@ def train_evaluate_save(
     summary: dict[str, Any] = {"world_size": trainer.args.world_size, "train": train(trainer, resume_from)}
     if trainer.eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
-        if "eval_loss" in summary["eval"]:
-            summary["eval"]["eval_perplexity"] = math.exp(min(summary["eval"]["eval_loss"], 50.0))
     output_dir = save_outputs(trainer, run_args, configs, summary, tokenizer)
     return summary, output_dir
 

@@ -16,6 +16,7 @@ held-out prompts: `generations.md` shows them side by side, `summary.json` has t
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     configs = (data_args, gen_args, run_args, training_args, model_args)
     summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from)
+    summary["eval"]["eval_perplexity"] = math.exp(min(summary["eval"]["eval_loss"], 50.0))
     summary["data"] = {"train_examples": len(train_dataset), "eval_examples": len(eval_dataset)}
     if PartialState().is_main_process and gen_args.eval_generation_samples > 0:
         summary["generation"] = generation_eval(

@@ -1,0 +1,1 @@
+"""Reward-model stage (TRL RewardTrainer) and reward scoring."""

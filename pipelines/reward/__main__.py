@@ -1,0 +1,197 @@
+r"""Reward model training with TRL's `RewardTrainer`, and scoring with a trained reward model.
+
+    # train on chosen/rejected pairs (default: verifiable text-to-SQL pairs, from the SFT model)
+    python -m pipelines.reward --config configs/reward/default.yaml
+    python -m pipelines.reward --config configs/reward/tiny.yaml --output_dir runs/tiny-rm
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \
+        -m pipelines.reward --config configs/reward/tiny.yaml
+    # score prompt/response rows (JSONL/CSV/...): writes one JSON line per row with its score
+    python -m pipelines.reward score --model runs/rm --input answers.jsonl --output scored.jsonl
+
+Data: `prompt, chosen, rejected` (explicit prompt), `chosen, rejected` (implicit prompt), or a
+ranking `prompt, responses, ranks` turned into pairs by `pair_rule` (see
+`pipelines/data/preferences.py`). Chat templates are applied exactly as in SFT. After training,
+held-out pairs are scored: accuracy, score histograms and margin calibration in
+`reward_eval.png` / `reward_eval.json`, figures in `summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from transformers import AutoModelForSequenceClassification
+from trl import ModelConfig, RewardConfig, RewardTrainer
+
+from pipelines.data.preferences import PAIR_RULES, to_preference_format
+from pipelines.data.sources import DataArguments, load_source, load_splits
+from pipelines.eval.reward import pairwise_report, score
+from pipelines.runner import (
+    MetricsLogger,
+    RunArguments,
+    UserError,
+    cli_entry,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    parse_config,
+    stage_defaults,
+    start_run,
+    train_evaluate_save,
+    write_summary,
+)
+
+
+@dataclasses.dataclass
+class PreferenceArguments:
+    """How comparisons become training pairs."""
+
+    pair_rule: str = dataclasses.field(
+        default="all_pairs",
+        metadata={
+            "help": "Rankings to pairs: all_pairs | best_vs_rest (ties never make a pair).",
+            "choices": PAIR_RULES,
+        },
+    )
+    margin_column: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Numeric column used as TRL's margin (e.g. a rating difference; 'ranks' for rank gaps)."},
+    )
+    margin_scale: float = dataclasses.field(default=1.0, metadata={"help": "Multiplier applied to margin_column."})
+
+
+def load_reward_model(name_or_path: str, model_args: ModelConfig, use_bf16: bool, tokenizer: Any) -> Any:
+    """A one-output sequence classifier; from a causal LM (e.g. the SFT output) the score head starts fresh."""
+    model = load_model(
+        name_or_path,
+        model_args,
+        use_bf16,
+        auto_class=AutoModelForSequenceClassification,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if model.config.num_labels != 1:
+        raise UserError(f"{name_or_path} has {model.config.num_labels} outputs; a reward model needs exactly one")
+    return model
+
+
+def build_pairs(data_args: DataArguments, pref_args: PreferenceArguments, seed: int) -> tuple[Any, Any]:
+    train_rows, eval_rows = load_splits(data_args, seed)
+    return tuple(
+        to_preference_format(
+            rows, pref_args.pair_rule, pref_args.margin_column, pref_args.margin_scale, data_args.system_prompt
+        )
+        for rows in (train_rows, eval_rows)
+    )
+
+
+def report_length_filter(name: str, before: int, after: int, max_length: int | None) -> dict[str, int]:
+    dropped = before - after
+    if dropped:
+        print(f"{name}: dropped {dropped}/{before} pairs longer than max_length={max_length} (chosen or rejected)")
+    if after == 0:
+        raise UserError(f"every {name} pair is longer than max_length={max_length}: raise max_length")
+    return {f"{name}_pairs": after, f"{name}_dropped_over_max_length": dropped}
+
+
+def evaluate_pairs(trainer: RewardTrainer, tokenizer: Any, eval_pairs: Any, batch_size: int) -> dict[str, Any]:
+    """Score held-out chosen and rejected responses with the trained model: accuracy, plots, calibration."""
+
+    def conversations(column: str) -> list[Any]:
+        prompts = eval_pairs["prompt"] if "prompt" in eval_pairs.column_names else [[]] * len(eval_pairs)
+        return [p + c for p, c in zip(prompts, eval_pairs[column], strict=True)]
+
+    max_length = trainer.args.max_length
+    chosen = score(trainer.model, tokenizer, conversations("chosen"), batch_size, max_length, "Scoring chosen")
+    rejected = score(trainer.model, tokenizer, conversations("rejected"), batch_size, max_length, "Scoring rejected")
+    return pairwise_report(chosen, rejected, Path(trainer.args.output_dir))
+
+
+def train_main(argv: list[str]) -> None:
+    data_args, pref_args, run_args, training_args, model_args = parse_config(
+        [DataArguments, PreferenceArguments, RunArguments, RewardConfig, ModelConfig],
+        argv,
+        defaults={**stage_defaults(), "lora_task_type": "SEQ_CLS"},
+        prog="python -m pipelines.reward",
+    )
+    if not model_args.model_name_or_path:
+        raise UserError("no model: set model_name_or_path (the SFT output, a folder under models/, or a hub id)")
+    resume_from = start_run(run_args, training_args)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    train_pairs, eval_pairs = build_pairs(data_args, pref_args, training_args.seed)
+    model = load_reward_model(model_args.model_name_or_path, model_args, training_args.bf16, tokenizer)
+    trainer = RewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_pairs,
+        eval_dataset=eval_pairs,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args),
+        callbacks=[MetricsLogger(training_args.output_dir, language_model=False)],
+    )
+    data_report = {
+        **report_length_filter("train", len(train_pairs), len(trainer.train_dataset), training_args.max_length),
+        **report_length_filter("eval", len(eval_pairs), len(trainer.eval_dataset), training_args.max_length),
+    }
+    configs = (data_args, pref_args, run_args, training_args, model_args)
+    summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from)
+    summary["data"] = data_report
+    if PartialState().is_main_process:
+        summary["pairwise"] = evaluate_pairs(trainer, tokenizer, eval_pairs, training_args.per_device_eval_batch_size)
+        print(f"held-out pairwise accuracy {summary['pairwise']['accuracy']:.3f} on {len(eval_pairs)} pairs")
+    write_summary(output_dir, summary)
+
+
+RESPONSE_FIELDS = ("response", "completion", "answer", "output", "chosen")
+PROMPT_FIELDS = ("prompt", "question", "instruction", "input")
+
+
+def score_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.reward score", description="Score prompt/response rows.")
+    parser.add_argument("--model", required=True, help="a reward model folder (the output of pipelines.reward)")
+    parser.add_argument("--input", required=True, help="rows with a prompt and a response column (any data source)")
+    parser.add_argument("--output", type=Path, help="JSONL output (default: stdout)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=None)
+    args = parser.parse_args(argv)
+    rows = load_source(args.input)
+    rows = rows["train"] if hasattr(rows, "keys") else rows
+    prompt_field = next((f for f in PROMPT_FIELDS if f in rows.column_names), None)
+    response_field = next((f for f in RESPONSE_FIELDS if f in rows.column_names), None)
+    if response_field is None:
+        raise UserError(f"{args.input} needs a response column ({', '.join(RESPONSE_FIELDS)}); has {rows.column_names}")
+    tokenizer = load_tokenizer(args.model)
+    model = load_reward_model(args.model, ModelConfig(), False, tokenizer)
+    conversations = [
+        ([{"role": "user", "content": str(row[prompt_field])}] if prompt_field else [])
+        + [{"role": "assistant", "content": str(row[response_field])}]
+        for row in rows
+    ]
+    scores = score(model, tokenizer, conversations, args.batch_size, args.max_length)
+    lines = "".join(
+        json.dumps({**row, "score": s}, ensure_ascii=False, default=str) + "\n"
+        for row, s in zip(rows, scores, strict=True)
+    )
+    if args.output:
+        args.output.write_text(lines, encoding="utf-8")
+        print(f"scored {len(scores)} rows -> {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "score":
+        score_main(args[1:])
+    else:
+        train_main(args)
+
+
+if __name__ == "__main__":
+    main()
