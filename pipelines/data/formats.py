@@ -169,3 +169,26 @@ def drop_overlong_prompts(dataset: Dataset, tokenizer: Any, max_length: int | No
         )
         return dataset.select(keep)
     return dataset
+
+
+PROMPT_COLUMNS = ("prompt", "question", "instruction", "input", "query")
+
+
+def to_prompts(
+    dataset: Dataset, columns: str | Mapping[str, str] | None, system_prompt: str | None
+) -> list[list[dict]]:
+    """Chat prompts for RL and evaluation: only the prompt side of any supported shape is needed."""
+    mapping = parse_columns(columns)
+    found = ", ".join(dataset.column_names)
+    if not mapping:
+        column = next((c for c in PROMPT_COLUMNS if c in dataset.column_names), None)
+        if column is None:
+            raise UserError(f"no prompt column: expected one of {', '.join(PROMPT_COLUMNS)}; found {found}")
+        mapping = {"instruction": column} | ({"context": "context"} if "context" in dataset.column_names else {})
+    elif "prompt" in mapping and "instruction" not in mapping:
+        mapping = {"instruction": mapping["prompt"], **{k: v for k, v in mapping.items() if k != "prompt"}}
+    missing = [c for c in mapping.values() if c not in dataset.column_names]
+    if missing or "instruction" not in mapping:
+        raise UserError(f"prompt column(s) {', '.join(missing) or 'prompt'} not found; the data has {found}")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [[*system, {"role": "user", "content": _user_prompt(row, mapping)}] for row in dataset]

@@ -78,6 +78,13 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
     return last
 
 
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One JSON object per logged step; appended and flushed so a killed run keeps what it logged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 class MetricsLogger(TrainerCallback):
     """Append every log event to `<output_dir>/metrics.jsonl` (one JSON object per logged step)."""
 
@@ -113,9 +120,7 @@ class MetricsLogger(TrainerCallback):
         if "eval_loss" in logs and self.language_model:
             record["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
         record["elapsed_s"] = round(time.time() - self.start, 3)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_metrics(self.path, record)
 
 
 def train(trainer: Trainer, resume_from: str | None) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+r"""PPO: optimise the policy against a reward, with a KL penalty toward a frozen reference.
+
+    # the default: the SFT model against the reward model trained by pipelines.reward
+    python -m pipelines.ppo --config configs/ppo/default.yaml
+    # a rule-based reward instead of a model ('module:function', prompts + responses -> floats)
+    python -m pipelines.ppo --config configs/ppo/tiny.yaml --reward_function pipelines.textsql.reward:execution_reward
+    # continue a killed run; two processes on this CPU
+    python -m pipelines.ppo --config configs/ppo/default.yaml --resume
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipelines.ppo --config configs/ppo/tiny.yaml
+
+Writes the policy (LoRA: adapter + merged/), value_model/, metrics.jsonl (objective/kl,
+objective/scores, policy/clipfrac, ...), samples.jsonl, ppo_curves.png and summary.json
+(held-out score/length/eos before and after).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from transformers import AutoModelForSequenceClassification
+from trl import ModelConfig
+
+from pipelines.data.formats import to_prompts
+from pipelines.data.sources import DataArguments, load_splits
+from pipelines.ppo.config import PPOConfig
+from pipelines.ppo.plots import plot_curves
+from pipelines.ppo.rewards import load_reward
+from pipelines.ppo.trainer import PPOTrainer
+from pipelines.runner import RunArguments, UserError, cli_entry, load_model, load_tokenizer, lora_config, parse_config
+from pipelines.runner.config import save_resolved_config
+from pipelines.runner.errors import release_output_dir
+from pipelines.runner.modeling import export_merged, torch_dtype
+from pipelines.runner.run import CONFIG_FILE, METRICS_FILE, stage_defaults, start_run, write_summary
+
+
+def load_value_model(path: str, model_args: ModelConfig, config: PPOConfig, tokenizer: Any) -> Any:
+    value = load_model(
+        path,
+        model_args,
+        config.bf16,
+        auto_class=AutoModelForSequenceClassification,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if not hasattr(value, "score") or not hasattr(value, value.base_model_prefix):
+        raise UserError(f"value model {path} must be a decoder classifier (a backbone + `score` head), like the policy")
+    if value.config.vocab_size != len(tokenizer):
+        raise UserError(f"value model {path} does not share the policy's tokenizer; set value_model_path")
+    return value
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    data_args, run_args, config, model_args = parse_config(
+        [DataArguments, RunArguments, PPOConfig, ModelConfig],
+        argv,
+        defaults=stage_defaults(),
+        prog="python -m pipelines.ppo",
+    )
+    if not model_args.model_name_or_path:
+        raise UserError("no policy: set model_name_or_path (the SFT output, or a folder under models/)")
+    resume_from = start_run(run_args, config)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    train_rows, eval_rows = load_splits(data_args, config.seed)
+    train_prompts = to_prompts(train_rows, data_args.columns, data_args.system_prompt)
+    eval_prompts = to_prompts(eval_rows, data_args.columns, data_args.system_prompt)[: config.eval_prompts]
+    if not train_prompts:
+        raise UserError(f"no prompts in {data_args.dataset}")
+
+    state = PartialState()
+    reward, reward_shares_tokenizer = load_reward(
+        config.reward_model_path, config.reward_function, tokenizer, torch_dtype(model_args, config.bf16), state.device
+    )
+    policy = load_model(model_args.model_name_or_path, model_args, config.bf16)
+    peft_config = lora_config(model_args)
+    ref_policy = None
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, peft_config)
+    if peft_config is None or config.ref_model_path:
+        ref_policy = load_model(config.ref_model_path or model_args.model_name_or_path, model_args, config.bf16)
+        ref_policy.requires_grad_(False)
+    value_path = config.value_model_path or (
+        config.reward_model_path if reward_shares_tokenizer else model_args.model_name_or_path
+    )
+    value_model = load_value_model(value_path, model_args, config, tokenizer)
+
+    trainer = PPOTrainer(config, policy, value_model, ref_policy, reward, tokenizer, train_prompts, eval_prompts)
+    release_output_dir()
+    summary = trainer.train(resume_from)
+    trainer.save()
+    output_dir = Path(config.output_dir)
+    if state.is_main_process:
+        save_resolved_config(output_dir / CONFIG_FILE, data_args, run_args, config, model_args)
+        if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
+            summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
+        summary["curves"] = str(plot_curves(output_dir / METRICS_FILE, output_dir / "ppo_curves.png"))
+        summary["world_size"] = state.num_processes
+        summary["updates"] = trainer.step
+        summary["episodes"] = trainer.step * config.rollout_batch_size * state.num_processes
+    write_summary(output_dir, summary)
+    if state.is_main_process:
+        print(f"done: policy, value_model/, metrics.jsonl, ppo_curves.png and summary.json in {output_dir}")
+
+
+if __name__ == "__main__":
+    main()

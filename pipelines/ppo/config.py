@@ -1,0 +1,94 @@
+"""PPO configuration: TrainingArguments (output, seed, optimizer, schedule, logging, checkpoints)
+plus the RL knobs, each named after what it controls."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transformers import TrainingArguments
+
+from pipelines.ppo.core import KLEstimator
+
+
+@dataclasses.dataclass
+class PPOConfig(TrainingArguments):
+    """One PPO update = one rollout batch of `rollout_batch_size` prompts per process, then
+    `ppo_epochs` passes over it in minibatches of `per_device_train_batch_size *
+    gradient_accumulation_steps`. `max_steps` counts updates."""
+
+    # Models (the policy is ModelConfig.model_name_or_path)
+    reward_model_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "A sequence-classification model with one output (pipelines.reward output)."}
+    )
+    reward_function: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Instead of a reward model: 'module:function' taking (prompts, responses) -> list[float]."},
+    )
+    value_model_path: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Value model init (default: the reward model if it shares the policy's tokenizer, "
+            "else the policy with a fresh head)."
+        },
+    )
+    ref_model_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Frozen reference (default: the initial policy; with LoRA, its adapter-disabled base)."},
+    )
+    # Rollouts
+    rollout_batch_size: int = dataclasses.field(default=16, metadata={"help": "Prompts per update, per process."})
+    ppo_epochs: int = dataclasses.field(default=4, metadata={"help": "Passes over each rollout batch."})
+    max_new_tokens: int = dataclasses.field(default=32, metadata={"help": "Response length limit."})
+    temperature: float = dataclasses.field(default=0.7, metadata={"help": "Sampling temperature of rollouts."})
+    stop_strings: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Extra strings that end a response (eos always does)."}
+    )
+    missing_eos_penalty: float | None = dataclasses.field(
+        default=1.0,
+        metadata={"help": "Subtracted from the score of responses that hit max_new_tokens without eos (N+ #23)."},
+    )
+    generation_batch_size: int = dataclasses.field(
+        default=64, metadata={"help": "Prompts per generate() call in rollouts and evaluation."}
+    )
+    # KL control
+    kl_coef: float = dataclasses.field(default=0.05, metadata={"help": "Initial KL penalty coefficient (beta)."})
+    kl_estimator: KLEstimator = dataclasses.field(
+        default="k3",
+        metadata={"help": "k1 (log-ratio, can go negative) or k3 (never negative).", "choices": ["k1", "k3"]},
+    )
+    kl_target: float | None = dataclasses.field(
+        default=None, metadata={"help": "Adaptive KL: steer beta so the KL per sequence approaches this value."}
+    )
+    kl_horizon: int = dataclasses.field(default=10000, metadata={"help": "Adaptive KL horizon (episodes)."})
+    # Advantages and losses
+    whiten_rewards: bool = dataclasses.field(default=False, metadata={"help": "Whiten token rewards before GAE."})
+    normalize_scores: bool = dataclasses.field(
+        default=False, metadata={"help": "Standardise scores with a running mean/std before the KL penalty."}
+    )
+    gamma: float = dataclasses.field(default=1.0, metadata={"help": "GAE discount."})
+    lam: float = dataclasses.field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = dataclasses.field(default=0.2, metadata={"help": "Policy ratio clip."})
+    cliprange_value: float = dataclasses.field(default=0.2, metadata={"help": "Value clip around old values."})
+    vf_coef: float = dataclasses.field(default=0.1, metadata={"help": "Value loss weight."})
+    # Evaluation and samples
+    eval_prompts: int = dataclasses.field(
+        default=32, metadata={"help": "Held-out prompts scored before and after training (0: skip)."}
+    )
+    sample_every: int = dataclasses.field(
+        default=10, metadata={"help": "Write a few sample generations to samples.jsonl every N updates."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        minibatch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.rollout_batch_size % minibatch:
+            raise ValueError(
+                f"rollout_batch_size={self.rollout_batch_size} must be a multiple of per_device_train_batch_size * "
+                f"gradient_accumulation_steps = {minibatch}"
+            )
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (PPO samples its rollouts)")
+        if self.max_steps <= 0:
+            raise ValueError("set max_steps: the number of PPO updates")

@@ -1,0 +1,163 @@
+"""Where PPO's scalar reward per response comes from.
+
+(a) a reward model sharing the policy's tokenizer: scored on the rollout's own token ids (no
+    decode/re-encode round trip), laid out exactly as the reward stage trained it;
+(b) any sequence classifier with its own tokenizer (e.g. an encoder such as MiniLM): responses
+    are decoded and re-tokenised — as a chat if it has a chat template, else as a text pair;
+(c) a function `module:function(prompts, responses) -> list[float]`, for heuristics and verifiers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from pipelines.eval.reward import score as score_conversations
+from pipelines.models import resolve_model
+from pipelines.runner.errors import UserError
+
+Messages = list[dict[str, str]]
+
+
+class RewardSource(Protocol):
+    def __call__(
+        self,
+        prompts: Sequence[Messages],
+        responses: Sequence[str],
+        sequence_ids: torch.Tensor,
+        sequence_mask: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    return a.get_vocab() == b.get_vocab() and a.chat_template == b.chat_template
+
+
+class TokenRewardModel:
+    """(a): the reward model reads the rollout's tokens; the chat template's text after eos is appended."""
+
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model.eval()
+        self.pad_id = tokenizer.pad_token_id
+        probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+        after_eos = rendered.split("a" + tokenizer.eos_token, 1)[-1] if tokenizer.eos_token in rendered else ""
+        self.suffix = tokenizer(after_eos, add_special_tokens=False)["input_ids"]
+        self.eos_id = tokenizer.eos_token_id
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: Sequence[Messages],
+        responses: Sequence[str],
+        sequence_ids: torch.Tensor,
+        sequence_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        ids, mask = sequence_ids, sequence_mask
+        if self.suffix:
+            ended = (ids == self.eos_id).any(1, keepdim=True) & (mask.sum(1, keepdim=True) > 0)
+            suffix = torch.tensor(self.suffix, device=ids.device).expand(len(ids), -1)
+            ids = torch.cat([ids, torch.where(ended, suffix, self.pad_id)], 1)
+            mask = torch.cat([mask, ended.long().expand(-1, len(self.suffix))], 1)
+        # Move real tokens into one contiguous right-aligned block so "last non-pad token" is the end.
+        order = torch.sort(mask, dim=1, stable=True).indices
+        ids, mask = ids.gather(1, order), mask.gather(1, order)
+        ids = torch.where(mask.bool(), ids, self.pad_id)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, 0].float()
+
+
+class TextRewardModel:
+    """(b): a classifier with its own tokenizer reads the decoded text."""
+
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32) -> None:
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: Sequence[Messages],
+        responses: Sequence[str],
+        sequence_ids: torch.Tensor,
+        sequence_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.tokenizer.chat_template:
+            chats = [[*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses, strict=True)]
+            values = score_conversations(self.model, self.tokenizer, chats, self.batch_size, desc=None)
+            return torch.tensor(values)
+        questions = [p[-1]["content"] for p in prompts]
+        batch = self.tokenizer(questions, list(responses), return_tensors="pt", padding=True, truncation=True)
+        return self.model(**batch.to(self.model.device)).logits[:, 0].float().cpu()
+
+
+class FunctionReward:
+    """(c): a Python function; its output is checked (one finite float per response)."""
+
+    def __init__(self, spec: str, function: Callable[[list[str], list[str]], Sequence[float]]) -> None:
+        self.spec, self.function = spec, function
+
+    def __call__(
+        self,
+        prompts: Sequence[Messages],
+        responses: Sequence[str],
+        sequence_ids: torch.Tensor,
+        sequence_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        questions = [p[-1]["content"] for p in prompts]
+        values = self.function(questions, list(responses))
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise UserError(f"reward function {self.spec} must return a list of floats") from None
+        if len(values) != len(responses):
+            raise UserError(f"reward function {self.spec} returned {len(values)} values for {len(responses)} responses")
+        if not all(math.isfinite(v) for v in values):
+            raise UserError(f"reward function {self.spec} returned a NaN or infinite value")
+        return torch.tensor(values)
+
+
+def import_function(spec: str) -> Callable[..., Any]:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UserError(f"reward_function must look like 'package.module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"cannot import reward function module {module_name!r}: {err}") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise UserError(f"{module_name} has no callable {attribute!r} (reward_function={spec})")
+    return function
+
+
+def load_sequence_classifier(path: str, dtype: torch.dtype) -> Any:
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), dtype=dtype)
+    if model.config.num_labels != 1:
+        raise UserError(f"reward model {path} has {model.config.num_labels} outputs; it needs exactly one")
+    return model
+
+
+def load_reward(
+    reward_model_path: str | None,
+    reward_function: str | None,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[RewardSource, bool]:
+    """The reward source and whether it is a model sharing the policy's tokenizer."""
+    if bool(reward_model_path) == bool(reward_function):
+        raise UserError("set exactly one of reward_model_path or reward_function")
+    if reward_function:
+        return FunctionReward(reward_function, import_function(reward_function)), False
+    assert reward_model_path is not None
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(reward_model_path))
+    model = load_sequence_classifier(reward_model_path, dtype).to(device)
+    model.requires_grad_(False)
+    if same_tokenizer(tokenizer, policy_tokenizer):
+        return TokenRewardModel(model, policy_tokenizer), True
+    return TextRewardModel(model, tokenizer), False

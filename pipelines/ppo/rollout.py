@@ -1,0 +1,123 @@
+"""Rollouts: sample responses in wide left-padded batches, then score them token by token.
+
+The policy and the value head see `query + response` with left-padded queries and right-padded
+responses; position ids come from the attention mask so padding never shifts positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from trl.trainer.utils import selective_log_softmax
+
+from pipelines.eval.generation import Messages, render_prompts
+
+
+@dataclasses.dataclass
+class Rollout:
+    prompts: list[Messages]
+    query_ids: torch.Tensor  # [B, Q] left-padded
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor  # [B, R] pad after the end
+    response_mask: torch.Tensor  # 1 on response tokens up to and including eos
+    texts: list[str]
+    ended: torch.Tensor  # [B] bool: eos or a stop string before max_new_tokens
+
+    @property
+    def sequence_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], 1)
+
+    @property
+    def sequence_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], 1)
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        rows = index.tolist()
+        return Rollout(
+            [self.prompts[i] for i in rows],
+            self.query_ids[index],
+            self.query_mask[index],
+            self.response_ids[index],
+            self.response_mask[index],
+            [self.texts[i] for i in rows],
+            self.ended[index],
+        )
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """1 up to and including the first eos; 0 after it and on padding."""
+    is_eos = response_ids == eos_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    return ((~after_eos) & (response_ids != pad_id)).long()
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages],
+    max_new_tokens: int,
+    temperature: float | None,
+    batch_size: int,
+    stop_strings: list[str] | None = None,
+) -> Rollout:
+    """Sample (or, with temperature None, greedily decode) one response per prompt."""
+    texts = render_prompts(tokenizer, prompts)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        queries = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tokenizer.padding_side = padding_side
+    chunks = []
+    for first in range(0, len(texts), batch_size):
+        ids, mask = (
+            queries["input_ids"][first : first + batch_size],
+            queries["attention_mask"][first : first + batch_size],
+        )
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature is not None,
+            temperature=temperature,
+            top_k=0 if temperature is not None else None,
+            top_p=1.0 if temperature is not None else None,
+            stop_strings=stop_strings,
+            tokenizer=tokenizer if stop_strings else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        chunks.append(output[:, ids.shape[1] :])
+    width = max(c.shape[1] for c in chunks)
+    response_ids = torch.cat(
+        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tokenizer.pad_token_id) for c in chunks]
+    )
+    mask = response_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    ended = (response_ids == tokenizer.eos_token_id).any(1) | (mask.sum(1) < max_new_tokens)
+    decoded = tokenizer.batch_decode(
+        response_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True
+    )
+    return Rollout(list(prompts), queries["input_ids"], queries["attention_mask"], response_ids, mask, decoded, ended)
+
+
+def forward(model: torch.nn.Module, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits over response positions / temperature, log-probs of the sampled response tokens)."""
+    ids, mask = rollout.sequence_ids, rollout.sequence_mask
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    query_len = rollout.query_ids.shape[1]
+    logits = logits[:, query_len - 1 : -1] / temperature
+    return logits, selective_log_softmax(logits, rollout.response_ids)
+
+
+def token_values(value_model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """The value head on every position: V(state before response token t), shape [B, R]."""
+    ids, mask = rollout.sequence_ids, rollout.sequence_mask
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    query_len = rollout.query_ids.shape[1]
+    return value_model.score(hidden[:, query_len - 1 : -1]).squeeze(-1).float()
