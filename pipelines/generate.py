@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.runner.errors import UserError, cli_entry
+from pipelines.errors import UserError, cli_entry
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "text")
 

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from pipelines.runner.errors import UserError, cli_entry
+from pipelines.errors import UserError, cli_entry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("PIPELINES_MODELS_DIR", PROJECT_ROOT / "models"))

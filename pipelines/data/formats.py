@@ -15,7 +15,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from pipelines.runner.errors import UserError
+from pipelines.errors import UserError
 
 ROLES = (
     "text",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
-from pipelines.runner.errors import UserError
+from pipelines.errors import UserError
 
 PairRule = Literal["all_pairs", "best_vs_rest"]
 PAIR_RULES: tuple[str, ...] = ("all_pairs", "best_vs_rest")

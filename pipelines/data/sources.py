@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from pipelines.runner.errors import UserError
+from pipelines.errors import UserError
 
 FILE_BUILDERS = {
     ".json": "json",

@@ -24,13 +24,13 @@ from trl import ModelConfig
 
 from pipelines.data.formats import to_prompts
 from pipelines.data.sources import DataArguments, load_splits
+from pipelines.errors import release_output_dir
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.plots import plot_curves
 from pipelines.ppo.rewards import load_reward
 from pipelines.ppo.trainer import PPOTrainer
 from pipelines.runner import RunArguments, UserError, cli_entry, load_model, load_tokenizer, lora_config, parse_config
 from pipelines.runner.config import save_resolved_config
-from pipelines.runner.errors import release_output_dir
 from pipelines.runner.modeling import export_merged, torch_dtype
 from pipelines.runner.run import CONFIG_FILE, METRICS_FILE, stage_defaults, start_run, write_summary
 

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from pipelines.errors import UserError
 from pipelines.eval.reward import score as score_conversations
 from pipelines.models import resolve_model
-from pipelines.runner.errors import UserError
 
 Messages = list[dict[str, str]]
 

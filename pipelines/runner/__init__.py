@@ -1,7 +1,7 @@
 """The one runner every stage shares: config, seeding, model loading, logging, checkpoints, outputs."""
 
+from pipelines.errors import UserError, cli_entry
 from pipelines.runner.config import RunArguments, parse_config
-from pipelines.runner.errors import UserError, cli_entry
 from pipelines.runner.modeling import load_model, load_tokenizer, lora_config
 from pipelines.runner.run import (
     MetricsLogger,

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
-from pipelines.runner.errors import UserError
+from pipelines.errors import UserError
 
 SECRET_MARKERS = ("token", "api_key", "apikey", "password", "secret")
 

@@ -16,8 +16,8 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from pipelines.errors import UserError
 from pipelines.models import resolve_model
-from pipelines.runner.errors import UserError
 
 
 def torch_dtype(model_args: ModelConfig, use_bf16: bool) -> torch.dtype:

@@ -21,8 +21,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from pipelines.errors import UserError, claim_output_dir, release_output_dir
 from pipelines.runner.config import RunArguments, save_resolved_config
-from pipelines.runner.errors import UserError, claim_output_dir, release_output_dir
 from pipelines.runner.modeling import export_merged
 
 METRICS_FILE = "metrics.jsonl"
