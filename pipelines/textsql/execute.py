@@ -114,14 +114,23 @@ def split_literals(sql: str) -> list[tuple[str, bool]]:
     return pieces
 
 
-def top_level_view(sql: str) -> str:
-    """Same length as `sql`, with quoted text and everything inside parentheses replaced by '~'.
+def _mask_piece(text: str, quoted: bool) -> str:
+    if not quoted:
+        return text
+    if len(text) >= 2 and text[-1] == text[0]:
+        return text[0] + "~" * (len(text) - 2) + text[-1]
+    return text[0] + "~" * (len(text) - 1)  # unterminated quote: runs to the end
 
-    Pattern matches on this view are top-level SQL syntax, and their spans index the original.
-    """
-    masked = "".join(text if not quoted else text[0] + "~" * (len(text) - 1) for text, quoted in split_literals(sql))
+
+def mask_quoted(sql: str) -> str:
+    """Same length as `sql`, with the inside of quotes replaced by '~': pattern matches never hit a literal."""
+    return "".join(_mask_piece(text, quoted) for text, quoted in split_literals(sql))
+
+
+def top_level_view(sql: str) -> str:
+    """Like `mask_quoted`, and everything inside parentheses is '~' too: matches are top-level syntax."""
     out, depth = [], 0
-    for char in masked:
+    for char in mask_quoted(sql):
         if char == ")":
             depth = max(depth - 1, 0)
         out.append(char if depth == 0 else "~")

@@ -58,13 +58,13 @@ LAST_NAMES = (
 )  # fmt: skip
 # category -> (nouns, price range): the price range keeps categories distinguishable by AVG/MAX.
 CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[int, int]]] = {
-    "books": (("Atlas", "Novel", "Cookbook", "Guide", "Diary"), (5, 40)),
-    "games": (("Chess", "Dice", "Cards", "Domino", "Quiz"), (8, 60)),
+    "book": (("Atlas", "Novel", "Cookbook", "Guide", "Diary"), (5, 40)),
+    "game": (("Chess", "Dice", "Cards", "Domino", "Quiz"), (8, 60)),
     "garden": (("Rake", "Hose", "Shovel", "Planter", "Lantern"), (10, 120)),
     "kitchen": (("Kettle", "Pan", "Knife", "Blender", "Toaster"), (12, 150)),
     "music": (("Guitar", "Drum", "Flute", "Ukulele", "Harmonica"), (15, 400)),
-    "sports": (("Ball", "Racket", "Helmet", "Skates", "Bike"), (10, 500)),
-    "toys": (("Puzzle", "Kite", "Robot", "Yoyo", "Teddy"), (5, 80)),
+    "sport": (("Ball", "Racket", "Helmet", "Skates", "Bike"), (10, 500)),
+    "toy": (("Puzzle", "Kite", "Robot", "Yoyo", "Teddy"), (5, 80)),
 }
 ADJECTIVES = ("Classic", "Mini", "Pro", "Eco", "Deluxe", "Smart", "Retro", "Junior")
 STATUSES = (("delivered", 60), ("shipped", 15), ("pending", 10), ("cancelled", 15))  # (status, weight)
