@@ -33,8 +33,12 @@ def compare_models(
     out_dir: Path,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    extra_metrics: Callable[[list[Generation]], dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Generate with each model in turn (one in memory at a time) and write the comparison files."""
+    """Generate with each model in turn (one in memory at a time) and write the comparison files.
+
+    `extra_metrics` adds task metrics (e.g. execution accuracy, reward) computed from the generations.
+    """
     outputs: dict[str, list[Generation]] = {}
     metrics: dict[str, dict[str, float]] = {}
     for name, load in loaders.items():
@@ -57,6 +61,8 @@ def compare_models(
             "eos_rate": sum(g.hit_eos for g in generations) / max(len(generations), 1),
             "generation_tokens_per_second": stats.tokens_per_second,
         }
+        if extra_metrics is not None:
+            metrics[name].update(extra_metrics(generations))
     write_comparison(out_dir, prompts, references, outputs, metrics)
     return metrics
 

@@ -55,6 +55,7 @@ def stage_defaults() -> dict[str, Any]:
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "report_to": ["tensorboard"],
         "include_num_input_tokens_seen": True,
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 

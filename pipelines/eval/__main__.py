@@ -1,0 +1,121 @@
+"""Evaluate and compare models on held-out prompts.
+
+    # base vs SFT vs PPO on the held-out text-to-SQL questions: execution accuracy by tier,
+    # exact match, BLEU, reward-model score, response length, error categories, side by side
+    python -m pipelines.eval compare --models smollm2-135m-instruct runs/demo/sft runs/demo/ppo \\
+        --names base sft ppo --reward_model runs/demo/reward --output_dir runs/demo/comparison
+
+Any list of model folders works; `--data` takes any data source with question/answer columns
+(execution accuracy needs `--db`, the SQLite database the answers run on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.data.formats import detect_mapping, generation_pairs, to_training_format
+from pipelines.data.sources import load_source
+from pipelines.errors import UserError, cli_entry
+from pipelines.models import PROJECT_ROOT
+
+DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
+DEFAULT_DB = PROJECT_ROOT / "data" / "textsql" / "shop.sqlite"
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from trl import ModelConfig
+
+    from pipelines.eval.compare import compare_models
+    from pipelines.eval.generation import Generation
+    from pipelines.eval.reward import score
+    from pipelines.ppo.rewards import load_sequence_classifier
+    from pipelines.runner.modeling import load_model, load_tokenizer
+    from pipelines.textsql.evaluate import evaluate_predictions
+
+    names = args.names or [Path(m).name for m in args.models]
+    if len(names) != len(args.models):
+        raise UserError(f"{len(args.models)} models but {len(names)} names")
+    rows = load_source(str(args.data))
+    rows = rows["train"] if hasattr(rows, "keys") else rows
+    rows = rows.select(range(min(args.samples, len(rows))))
+    formatted = to_training_format(rows, detect_mapping(rows.column_names, args.columns), args.system_prompt)
+    prompts, references = generation_pairs(formatted)
+    if not prompts:
+        raise UserError(f"{args.data} has no prompt/answer pairs to compare on")
+    tokenizer = load_tokenizer(args.models[0])
+    reward_model = None
+    if args.reward_model:
+        reward_model = load_sequence_classifier(args.reward_model, torch.float32)
+        reward_tokenizer = load_tokenizer(args.reward_model)
+    reports: list[dict[str, Any]] = []  # one execution report per model, in order
+    sql_rows = [dict(r) for r in rows] if args.db and "difficulty" in rows.column_names else None
+
+    def task_metrics(generations: list[Generation]) -> dict[str, float]:
+        texts = [g.text for g in generations]
+        metrics: dict[str, Any] = {}
+        if sql_rows is not None:
+            report = evaluate_predictions(sql_rows, texts, no_eos=[not g.hit_eos for g in generations], db_path=args.db)
+            metrics["execution_accuracy"] = report["execution_accuracy"]
+            metrics.update({f"execution_accuracy_{tier}": acc for tier, acc in report["by_difficulty"].items()})
+            reports.append(report)
+        if reward_model is not None:
+            chats = [[*p, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts, strict=True)]
+            scores = score(reward_model, reward_tokenizer, chats, desc="Scoring with the reward model")
+            metrics["reward_mean"] = sum(scores) / len(scores)
+        return metrics
+
+    loaders = {
+        name: (lambda m=model: load_model(m, ModelConfig(), use_bf16=False))
+        for name, model in zip(names, args.models, strict=True)
+    }
+    results = compare_models(
+        loaders, tokenizer, prompts, references, args.output_dir, args.max_new_tokens, args.batch_size, task_metrics
+    )
+    output: dict[str, Any] = {
+        "data": str(args.data),
+        "prompts": len(prompts),
+        "models": dict(zip(names, args.models, strict=True)),
+    }
+    output["metrics"] = results
+    if reports:
+        output["errors"] = {n: r["errors"] for n, r in zip(names, reports, strict=True)}
+    (args.output_dir / "comparison.json").write_text(json.dumps(output, indent=2, default=str))
+    _print_table(results)
+    return output
+
+
+def _print_table(results: dict[str, dict[str, float]]) -> None:
+    keys = list(next(iter(results.values())))
+    print("model".ljust(12) + "".join(k[:22].rjust(24) for k in keys))
+    for name, metrics in results.items():
+        print(name.ljust(12) + "".join(f"{metrics[k]:24.3f}" for k in keys))
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.eval", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp = sub.add_parser("compare", help="the same held-out prompts answered by several models, side by side")
+    cmp.add_argument("--models", nargs="+", required=True, help="model folders (or names under models/)")
+    cmp.add_argument("--names", nargs="+", help="display names, one per model")
+    cmp.add_argument("--data", type=Path, default=DEFAULT_DATA, help="held-out rows (question/answer, ...)")
+    cmp.add_argument("--columns", help="column mapping role=column, as in the stages' configs")
+    cmp.add_argument("--system_prompt", default=None)
+    cmp.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite database for execution accuracy")
+    cmp.add_argument("--reward_model", help="also report the mean score of this reward model")
+    cmp.add_argument("--samples", type=int, default=64, help="how many held-out prompts")
+    cmp.add_argument("--max_new_tokens", type=int, default=64)
+    cmp.add_argument("--batch_size", type=int, default=32)
+    cmp.add_argument("--output_dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max_new_tokens must be > 0, got {args.max_new_tokens}")
+    compare(args)
+
+
+if __name__ == "__main__":
+    main()
