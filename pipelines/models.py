@@ -15,8 +15,12 @@ import importlib.util
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.errors import UserError, cli_entry
+
+if TYPE_CHECKING:  # transformers is imported lazily: `list` must stay instant
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("PIPELINES_MODELS_DIR", PROJECT_ROOT / "models"))
@@ -80,11 +84,22 @@ def _gguf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _prepare_tokenizer(tokenizer):
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     tokenizer.pad_token = PAD_TOKEN
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Save with a generation config whose eos/pad match the tokenizer, so `generate` stops at eos."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def build_smollm2(out: Path) -> None:
@@ -94,7 +109,6 @@ def build_smollm2(out: Path) -> None:
         AutoConfig,
         AutoModelForCausalLM,
         AutoTokenizer,
-        GenerationConfig,
     )
 
     gguf_dir = _gguf_dir()
@@ -110,13 +124,7 @@ def build_smollm2(out: Path) -> None:
     if unexpected or any("lm_head" not in key for key in missing):
         raise RuntimeError(f"GGUF weights do not match the Llama config: {missing=} {unexpected=}")
     model.tie_weights()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    _save(model, tokenizer, out)
 
 
 def build_tiny_llama(out: Path, tokenizer_dir: Path) -> None:
@@ -124,7 +132,6 @@ def build_tiny_llama(out: Path, tokenizer_dir: Path) -> None:
     import torch
     from transformers import (
         AutoTokenizer,
-        GenerationConfig,
         LlamaConfig,
         LlamaForCausalLM,
     )
@@ -145,13 +152,7 @@ def build_tiny_llama(out: Path, tokenizer_dir: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    _save(model, tokenizer, out)
 
 
 def prepare(force: bool = False) -> list[Path]:
