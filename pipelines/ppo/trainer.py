@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -303,13 +304,11 @@ class PPOTrainer:
                 "score_moments": vars(self.score_moments),
             }
             (directory / STATE_FILE).write_text(json.dumps(state))
-            # the runner finds resume points through trainer_state.json, as for Trainer-based stages
+            # written last: the runner takes a checkpoint with trainer_state.json as complete
             (directory / "trainer_state.json").write_text(json.dumps({"global_step": self.step}))
             checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
             limit = self.config.save_total_limit
             for old in checkpoints[:-limit] if limit else []:
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from trl import TrlParser
 
 from pipelines.errors import UserError
 
-SECRET_MARKERS = ("token", "api_key", "apikey", "password", "secret")
+# Names of credentials (not e.g. `eos_token` or `max_new_tokens`, which are settings).
+SECRET_KEY = re.compile(r"(hub_token|access_?token|auth_?token|api_?key|password|secret)", re.IGNORECASE)
 
 
 @dataclasses.dataclass
@@ -115,14 +117,12 @@ def parse_config(
 
 def redact(value: Any, key: str = "") -> Any:
     """Drop secrets (tokens, keys, passwords) from a config before it is written anywhere."""
-    if any(marker in key.lower() for marker in SECRET_MARKERS) and value not in (
-        None,
-        "",
-        False,
-    ):
+    if SECRET_KEY.search(key) and value not in (None, "", False):
         return "<redacted>"
     if isinstance(value, enum.Enum):
         return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return redact(dataclasses.asdict(value), key)
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from pipelines.errors import UserError, claim_output_dir, release_output_dir
 from pipelines.runner.config import RunArguments, save_resolved_config
@@ -34,9 +34,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _checkpoint_step(checkpoint: str) -> int:
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
     return int(state["global_step"])
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest *complete* `checkpoint-N` (its `trainer_state.json` is written last).
+
+    A checkpoint torn by a kill during saving is removed, so the run resumes from the one before.
+    """
+    if not output_dir.is_dir():
+        return None
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (checkpoint / "trainer_state.json").is_file():
+            return checkpoint
+        if PartialState().is_main_process:
+            print(f"removing {checkpoint.name}: incomplete (the run was stopped while saving it)")
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -48,14 +65,15 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 
 def stage_defaults() -> dict[str, Any]:
-    """Defaults every stage starts from before its YAML: fp32 on CPU, TensorBoard, token counts."""
+    """Defaults every stage starts from before its YAML: fp32 on CPU, TensorBoard, CPU ranks."""
     import torch
 
     return {
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "report_to": ["tensorboard"],
-        "include_num_input_tokens_seen": True,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        # without it TrainingArguments ignores the process group that `accelerate launch` set up on CPU
+        "use_cpu": not torch.cuda.is_available(),
     }
 
 
@@ -65,10 +83,11 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError("push_to_hub needs the hub, but HF_HUB_OFFLINE=1: unset it and log in (hf auth login)")
     output_dir = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last and not run_args.resume:
+    last = latest_checkpoint(output_dir) if run_args.resume else None
+    existing = sorted(p.name for p in output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    if existing and not run_args.resume:
         raise UserError(
-            f"{output_dir} already holds checkpoints ({Path(last).name}); pass --resume to continue that run "
+            f"{output_dir} already holds checkpoints ({', '.join(existing)}); pass --resume to continue that run "
             "or choose another --output_dir"
         )
     if run_args.resume and last is None and PartialState().is_main_process:
@@ -76,7 +95,7 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
     if last and PartialState().is_main_process:
         _truncate_metrics(output_dir / METRICS_FILE, _checkpoint_step(last))
     claim_output_dir(output_dir)
-    return last
+    return str(last) if last else None
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
@@ -128,7 +147,8 @@ def train(trainer: Trainer, resume_from: str | None) -> dict[str, Any]:
     """Run the trainer and return the train figures the summary reports."""
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
-    tokens = trainer.state.num_input_tokens_seen
+    # TRL's trainers log `num_tokens`: non-padding tokens of this run, summed over all processes.
+    tokens = next((log["num_tokens"] for log in reversed(trainer.state.log_history) if "num_tokens" in log), 0)
     runtime = metrics.get("train_runtime") or 0.0
     if tokens and runtime:
         world = trainer.args.world_size
