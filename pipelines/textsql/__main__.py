@@ -5,6 +5,9 @@ r"""Make or check the text-to-SQL demo data.
     python -m pipelines.textsql generate --out /tmp/textsql --seed 1 --n-train 500 --n-test 50
     # re-run every gold query against the folder's database; one summary line, exit 1 on failures
     python -m pipelines.textsql check --data data/textsql
+    # verifiable preference pairs (gold vs a wrong rewrite) from the folder's train/test questions:
+    # writes pairs_train.jsonl, pairs_test.jsonl and the README's "Preference pairs" section
+    python -m pipelines.textsql pairs --data data/textsql --seed 0 --per-question 1
 
 Mistakes a user can make (a missing folder, asking for more questions than exist) end with one
 line on stderr and exit code 2.
@@ -19,7 +22,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipelines.errors import EXIT_USER_ERROR, UserError, claim_output_dir, cli_entry, release_output_dir
-from pipelines.textsql.generate import TIERS, check_dataset, write_dataset
+from pipelines.textsql.generate import DB_NAME, SPLITS, TIERS, check_dataset, load_split, write_dataset
+from pipelines.textsql.pairs import PAIR_FILES, kind_counts, pair_splits, readme_section, update_readme, write_pairs
+from pipelines.textsql.perturb import KINDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +43,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The two subcommands and their flags."""
+    """The subcommands and their flags."""
     parser = _Parser(prog="python -m pipelines.textsql", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     gen = commands.add_parser("generate", help="write shop.sqlite, train.jsonl, test.jsonl and README.md")
@@ -48,7 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n-test", type=_positive_int, default=200, help="held-out questions")
     check = commands.add_parser("check", help="re-run every gold query of a data folder")
     check.add_argument("--data", type=Path, required=True, help="folder written by `generate`")
+    pairs = commands.add_parser("pairs", help="write pairs_train.jsonl and pairs_test.jsonl (gold vs wrong SQL)")
+    pairs.add_argument("--data", type=Path, required=True, help="folder written by `generate`; pairs go there")
+    pairs.add_argument("--seed", type=int, default=0, help="seeds which wrong rewrite each question gets")
+    pairs.add_argument("--per-question", type=_positive_int, default=1, help="pairs per train question")
+    pairs.add_argument("--per-question-test", type=_positive_int, default=1, help="pairs per test question")
     return parser
+
+
+def _write_pairs(args: argparse.Namespace) -> None:
+    """The `pairs` subcommand: pairs from the folder's own splits, so they are held out by question."""
+    db_path = args.data / DB_NAME
+    if not db_path.is_file():
+        raise UserError(f"{db_path} not found; create it with `python -m pipelines.textsql generate --out {args.data}`")
+    splits = {split: load_split(args.data, split) for split in SPLITS}
+    pairs = pair_splits(db_path, splits, args.seed, args.per_question, args.per_question_test)
+    write_pairs(args.data, pairs)
+    update_readme(args.data / "README.md", readme_section(pairs, args.seed, args.per_question, args.per_question_test))
+    for split, name in PAIR_FILES.items():
+        counts = kind_counts(pairs[split])
+        kinds = ", ".join(f"{kind} {counts[kind]}" for kind in KINDS)
+        print(f"wrote {args.data / name}: {len(pairs[split])} pairs from {len(splits[split])} questions ({kinds})")
 
 
 @cli_entry
@@ -67,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for split, c in counts.items()
         )
         print(f"wrote {args.out}: {tiers}")
+        return 0
+    if args.command == "pairs":
+        _write_pairs(args)
         return 0
     report = check_dataset(args.data)
     print(report.summary())

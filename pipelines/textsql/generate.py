@@ -21,6 +21,7 @@ from typing import Any
 
 from pipelines.errors import UserError
 from pipelines.textsql.execute import Row, execute, has_order_by, results_match, top_level_view
+from pipelines.textsql.pairs import pair_splits, readme_section
 from pipelines.textsql.schema import SCHEMA_SQL, build_database
 
 TIERS = ("easy", "medium", "hard")
@@ -372,8 +373,9 @@ def _counts(splits: dict[str, list[dict[str, str]]]) -> dict[str, Counter[str]]:
     return {split: Counter(row["difficulty"] for row in rows) for split, rows in splits.items()}
 
 
-def _readme(splits: dict[str, list[dict[str, str]]], seed: int) -> str:
-    """The data card: how the files were made, what they hold, and the rules the gold SQL follows."""
+def _readme(splits: dict[str, list[dict[str, str]]], seed: int, pairs_section: Sequence[str]) -> str:
+    """The data card: how the files were made, what they hold, the rules the gold SQL follows, and the
+    preference pairs (`pairs_section`, what `python -m pipelines.textsql pairs` writes with the defaults)."""
     counts = _counts(splits)
     table = ["| split | easy | medium | hard | total |", "|---|---|---|---|---|"]
     for split in SPLITS:
@@ -450,6 +452,7 @@ def _readme(splits: dict[str, list[dict[str, str]]], seed: int) -> str:
             "## Templates (with a train example each)",
             "",
             *tiers,
+            *pairs_section,
         ]
     )
 
@@ -468,9 +471,10 @@ def write_dataset(
     partial = build_database(out_dir / f"{DB_NAME}.partial", seed=seed)
     try:  # files are written only once all questions exist, so a failed request leaves the folder as it was
         splits = generate_rows(partial, seed=seed, n_train=n_train, n_test=n_test)
+        pairs = pair_splits(partial, splits, seed=seed)  # for the README's counts; `pairs` writes the files
         for split in SPLITS:
             _write_jsonl(out_dir / f"{split}.jsonl", splits[split])
-        (out_dir / "README.md").write_text(_readme(splits, seed), encoding="utf-8")
+        (out_dir / "README.md").write_text(_readme(splits, seed, readme_section(pairs, seed)), encoding="utf-8")
         partial.replace(out_dir / DB_NAME)
     finally:
         partial.unlink(missing_ok=True)
