@@ -13,7 +13,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m pipelines.sft --config configs/sft/default.yaml --output_dir $(RUN_DIR)/sft
+	$(PY) -m pipelines.demo --run_dir $(RUN_DIR)
 
 test: setup
 	$(PY) -m pytest -q

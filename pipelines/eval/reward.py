@@ -70,6 +70,8 @@ def pairwise_report(
     report: dict[str, Any] = {
         "pairs": len(margin),
         "accuracy": float((margin > 0).mean()) if len(margin) else 0.0,
+        # the Bradley-Terry loss RewardTrainer minimises, on held-out pairs
+        "loss": float(np.logaddexp(0.0, -margin).mean()) if len(margin) else 0.0,
         "mean_margin": float(margin.mean()) if len(margin) else 0.0,
         "chosen_mean": float(chosen.mean()) if len(margin) else 0.0,
         "rejected_mean": float(rejected.mean()) if len(margin) else 0.0,

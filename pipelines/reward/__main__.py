@@ -139,7 +139,8 @@ def train_main(argv: list[str]) -> None:
         **report_length_filter("eval", len(eval_pairs), len(trainer.eval_dataset), training_args.max_length),
     }
     configs = (data_args, pref_args, run_args, training_args, model_args)
-    summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from)
+    # The held-out pairs are scored once below (per-pair scores feed the plots): no second TRL evaluate pass.
+    summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from, evaluate=False)
     summary["data"] = data_report
     if PartialState().is_main_process:
         summary["pairwise"] = evaluate_pairs(trainer, tokenizer, eval_pairs, training_args.per_device_eval_batch_size)

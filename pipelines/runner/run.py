@@ -179,11 +179,16 @@ def save_outputs(
 
 
 def train_evaluate_save(
-    trainer: Trainer, run_args: RunArguments, configs: tuple[Any, ...], tokenizer: Any, resume_from: str | None
+    trainer: Trainer,
+    run_args: RunArguments,
+    configs: tuple[Any, ...],
+    tokenizer: Any,
+    resume_from: str | None,
+    evaluate: bool = True,
 ) -> tuple[dict[str, Any], Path]:
-    """The part every Trainer-based stage shares: train, final evaluation, save once."""
+    """The part every Trainer-based stage shares: train, final evaluation (unless the stage does its own), save."""
     summary: dict[str, Any] = {"world_size": trainer.args.world_size, "train": train(trainer, resume_from)}
-    if trainer.eval_dataset is not None:
+    if evaluate and trainer.eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
     output_dir = save_outputs(trainer, run_args, configs, summary, tokenizer)
     return summary, output_dir
