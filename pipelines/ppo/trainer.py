@@ -379,7 +379,6 @@ class PPOTrainer:
                 bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
         summary["train_runtime"] = time.perf_counter() - start
         summary["eval_after"] = self.evaluate()
-        self.accelerator.end_training()
         return summary
 
     def _write_samples(self, batch: dict[str, Any], count: int = 4) -> None:
@@ -404,3 +403,4 @@ class PPOTrainer:
             self.tokenizer.save_pretrained(self.output_dir)
             self.tokenizer.save_pretrained(self.output_dir / "value_model")
         self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()  # closes the trackers and the process group: nothing collective after this

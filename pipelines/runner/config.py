@@ -81,7 +81,8 @@ def parse_config(
     the flags override the YAML.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog)
+    # allow_abbrev=False: `--max_step 5` must be an unknown key (with a suggestion), not silently --max_steps
+    parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog, allow_abbrev=False)
     parser.error = _raise_user_error  # type: ignore[method-assign]  # one line, not the whole usage text
     valid = sorted(a.dest for a in parser._actions if a.dest != "help")
 
