@@ -150,6 +150,11 @@ def load_reward(
     device: torch.device,
 ) -> tuple[RewardSource, bool]:
     """The reward source and whether it is a model sharing the policy's tokenizer."""
+    # `--reward_model_path null` on the command line unsets a key the YAML config set
+    reward_model_path, reward_function = (
+        None if value is None or value.strip().lower() in ("", "null", "none") else value
+        for value in (reward_model_path, reward_function)
+    )
     if bool(reward_model_path) == bool(reward_function):
         raise UserError("set exactly one of reward_model_path or reward_function")
     if reward_function:
