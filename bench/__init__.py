@@ -1,0 +1,1 @@
+"""SFT benchmarks: `python -m bench` (see bench/README.md)."""

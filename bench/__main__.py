@@ -1,0 +1,67 @@
+"""Run the SFT benchmarks in sequence, each in its own process; one line each, JSON in bench/results/.
+
+python -m bench                          # all of them on SmolLM2-135M (~25 min on 2 cores)
+python -m bench --quick                  # tiny-llama smoke test of the whole set (~2-4 min)
+python -m bench --only sft_vs_trl        # one (or several: --only packing,mfu)
+python -m bench.sft_vs_trl --help        # each benchmark is also a script with its own knobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import RESULTS_DIR, ROOT, loadavg
+
+# name (results/<name>.json, --only) -> module
+BENCHMARKS = {
+    "sft_vs_trl": "bench.sft_vs_trl",
+    "packing": "bench.packing",
+    "multiprocess": "bench.multiprocess_sft",
+    "mfu": "bench.mfu",
+    "generation": "bench.generation",
+}
+
+
+def parse_only(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run the SFT benchmarks.")
+    parser.add_argument("--only", type=parse_only, default=list(BENCHMARKS), help="comma-separated benchmark names")
+    parser.add_argument("--quick", action="store_true", help="tiny-llama and few steps: smoke-test the whole set")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process, passed to each one")
+    args = parser.parse_args(argv)
+
+    print(f"load average {loadavg()} (2-core figures are only comparable on a quiet machine)", flush=True)
+    lines: list[str] = []
+    failed: list[str] = []
+    for index, name in enumerate(args.only, start=1):
+        cmd = [sys.executable, "-m", BENCHMARKS[name], *(["--quick"] if args.quick else [])]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        print(f"\n== [{index}/{len(args.only)}] {name}: {' '.join(['python', *cmd[1:]])}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call(cmd, cwd=ROOT)
+        result = RESULTS_DIR / ("quick" if args.quick else "") / f"{name}.json"
+        if code != 0 or not result.is_file() or result.stat().st_mtime < time.time() - (time.perf_counter() - start):
+            failed.append(name)
+            lines.append(f"{name:<12} FAILED (exit {code})")
+            continue
+        lines.append(json.loads(result.read_text())["line"])
+
+    print("\n== summary" + (" (quick: tiny-llama, not figures)" if args.quick else ""))
+    for line in lines:
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
