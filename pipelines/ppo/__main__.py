@@ -30,9 +30,8 @@ from pipelines.ppo.plots import plot_curves
 from pipelines.ppo.rewards import load_reward
 from pipelines.ppo.trainer import PPOTrainer
 from pipelines.runner import RunArguments, UserError, cli_entry, load_model, load_tokenizer, lora_config, parse_config
-from pipelines.runner.config import save_resolved_config
-from pipelines.runner.modeling import export_merged, torch_dtype
-from pipelines.runner.run import CONFIG_FILE, METRICS_FILE, stage_defaults, start_run, write_summary
+from pipelines.runner.modeling import torch_dtype
+from pipelines.runner.run import METRICS_FILE, stage_defaults, start_run, write_run_files, write_summary
 
 
 def load_value_model(path: str, model_args: ModelConfig, config: PPOConfig, tokenizer: Any) -> Any:
@@ -93,10 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = trainer.train(resume_from)
     trainer.save()
     output_dir = Path(config.output_dir)
+    write_run_files(output_dir, run_args, (data_args, run_args, config, model_args), summary)
     if state.is_main_process:
-        save_resolved_config(output_dir / CONFIG_FILE, data_args, run_args, config, model_args)
-        if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
-            summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
         summary["curves"] = str(plot_curves(output_dir / METRICS_FILE, output_dir / "ppo_curves.png"))
         summary["world_size"] = state.num_processes
         summary["updates"] = trainer.step

@@ -168,14 +168,22 @@ def save_outputs(
     """Save the final model once (main process), the resolved config and, for LoRA, a merged copy."""
     output_dir = Path(trainer.args.output_dir)
     trainer.save_model(str(output_dir))  # unwraps DDP/FSDP and writes from the main process only
-    state = PartialState()
-    if state.is_main_process:
+    if PartialState().is_main_process:
         tokenizer.save_pretrained(output_dir)
-        save_resolved_config(output_dir / CONFIG_FILE, *configs)
-        if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
-            summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
-    state.wait_for_everyone()
+    write_run_files(output_dir, run_args, configs, summary)
+    PartialState().wait_for_everyone()
     return output_dir
+
+
+def write_run_files(
+    output_dir: Path, run_args: RunArguments, configs: tuple[Any, ...], summary: dict[str, Any]
+) -> None:
+    """Beside a saved model (main process only): the resolved config and, for a LoRA run, a merged copy."""
+    if not PartialState().is_main_process:
+        return
+    save_resolved_config(output_dir / CONFIG_FILE, *configs)
+    if run_args.merge_lora and (output_dir / "adapter_config.json").is_file():
+        summary["merged_model"] = str(export_merged(output_dir, output_dir / "merged"))
 
 
 def train_evaluate_save(
