@@ -4,19 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv)
+# Services the project starts itself: Redis for the embedded Argilla server, PostgreSQL for the
+# database-source tests, Chromium for the browser tests (driven by Playwright, no browser download).
+APT_PACKAGES=(redis-server postgresql chromium)
 PYTHON=${PYTHON:-python3}
+# python3-venv only matters for Debian's own python; another python3 with a working venv is fine.
+"$PYTHON" -m venv --help >/dev/null 2>&1 || APT_PACKAGES+=(python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    dpkg -s "$pkg" 2>/dev/null | grep -q "^Status: install ok installed" || missing+=("$pkg")
 done
-# python3-venv only matters for Debian's own python; another python3 with a working venv is fine.
-if ((${#missing[@]})) && ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
+if ((${#missing[@]})); then
     echo "setup: installing Debian packages: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then

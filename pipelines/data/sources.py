@@ -8,6 +8,7 @@ everywhere. Splits are made here too, the same way for every stage.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ EVAL_SPLIT_NAMES = ("test", "validation", "eval")
 
 # Sources addressed as `<scheme>://...`; the annotation package registers "argilla".
 SCHEME_LOADERS: dict[str, Callable[[str], Dataset | DatasetDict]] = {}
+# Modules imported on first use of a scheme, so that they register it without every stage importing them.
+SCHEME_PLUGINS = {"argilla": "annotation.sources"}
 
 
 def register_scheme(scheme: str, loader: Callable[[str], Dataset | DatasetDict]) -> None:
@@ -116,6 +119,8 @@ def load_source(spec: str) -> Dataset | DatasetDict:
     """Load rows from `spec`; every failure a user can cause becomes a one-line `UserError`."""
     if "://" in spec:
         scheme = spec.split("://", 1)[0]
+        if scheme not in SCHEME_LOADERS and scheme in SCHEME_PLUGINS:
+            importlib.import_module(SCHEME_PLUGINS[scheme])
         if scheme not in SCHEME_LOADERS:
             known = ", ".join(f"{s}://" for s in SCHEME_LOADERS) or "none registered"
             raise UserError(f"unknown data source scheme {scheme}:// in {spec!r} (known: {known})")
