@@ -1,0 +1,346 @@
+"""`python -m annotation export ws/dataset`: unified annotations as the data the stages train on.
+
+    python -m annotation export demo/instructions                       # -> data/annotated/demo/instructions/v1
+    python -m annotation export demo/prefs --pair_rule best_vs_rest --tie_rule first
+    python -m annotation export demo/prefs --input pulled.jsonl         # from a saved `pull`, no server
+    python -m annotation export demo/prefs --config configs/annotation/export.yaml
+
+Which records are exported (key `export_rule`, default `corrected_or_original`):
+- pretraining text: the text of every record not discarded (by the discard button or the keep/discard
+  label), as `text`;
+- instruction pairs: the record's own instruction/context/response, the response replaced by the
+  accepted correction when annotators gave one, left out when they discarded it
+  (`corrected_only`: only corrected records; `original`: corrections ignored), as SFT
+  `prompt`/`completion` strings or chat `messages` (`format`);
+- comparisons: only records with submitted rankings, as `prompt, chosen, rejected` pairs from
+  `pipelines.data.preferences.ranking_to_pairs` (`pair_rule`: all_pairs | best_vs_rest; ties never
+  pair); an annotator's better response is ranked above every candidate.
+Records with fewer than `min_submitted` submitted answers (default 0: unreviewed records count) or a
+unified rating below `min_rating` are left out; disagreements follow `tie_rule` (see annotation.unify).
+
+Each export is a new version `<output_dir>/v<N>`: a saved HF dataset (`--dataset <dir>/v<N>` reads it),
+`<name>.jsonl`, `<name>.csv`, `report.json` (rule, counts, agreement, per-annotator counts) and
+`disagreements.jsonl`; `latest` points at it. It is written beside and renamed into place, so a
+failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from annotation import schemas
+from annotation.unify import (
+    RANKING_RULES,
+    RATING_RULES,
+    TIE_RULES,
+    PulledRecord,
+    Unified,
+    UnifyConfig,
+    agreement,
+    annotator_counts,
+    outcome_counts,
+    unify,
+)
+from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
+from pipelines.errors import UserError, cli_entry
+
+EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
+SFT_FORMATS = ("prompt-completion", "messages")
+DEFAULT_OUTPUT_ROOT = Path("data") / "annotated"
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Every rule of an export; keys of the same name in a `--config` YAML file, flags win."""
+
+    export_rule: str = dataclasses.field(
+        default="corrected_or_original",
+        metadata={"help": "instruction records: " + " | ".join(EXPORT_RULES), "choices": EXPORT_RULES},
+    )
+    format: str = dataclasses.field(
+        default="prompt-completion",
+        metadata={"help": "SFT shape of instruction records: prompt-completion | messages", "choices": SFT_FORMATS},
+    )
+    pair_rule: str = dataclasses.field(
+        default="all_pairs",
+        metadata={"help": "comparisons: all_pairs | best_vs_rest (ties never pair)", "choices": PAIR_RULES},
+    )
+    rating: str = dataclasses.field(
+        default="mean", metadata={"help": "how ratings are unified: mean | median", "choices": RATING_RULES}
+    )
+    ranking: str = dataclasses.field(
+        default="majority",
+        metadata={"help": "how rankings are unified: majority | mean_rank", "choices": RANKING_RULES},
+    )
+    tie_rule: str = dataclasses.field(
+        default="aside",
+        metadata={"help": "annotators tied: aside (left out, listed) | first (earliest answer)", "choices": TIE_RULES},
+    )
+    min_submitted: int = dataclasses.field(
+        default=0, metadata={"help": "leave out records with fewer submitted answers (0: unreviewed records count)"}
+    )
+    min_rating: float | None = dataclasses.field(
+        default=None, metadata={"help": "leave out records whose unified rating is below this (or unrated)"}
+    )
+
+    def unify_config(self) -> UnifyConfig:
+        return UnifyConfig(rating=self.rating, ranking=self.ranking, tie_rule=self.tie_rule)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str) -> ExportConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {source}; known: {', '.join(known)}")
+        for key, value in values.items():
+            choices = known[key].metadata.get("choices")
+            if choices and value not in choices:
+                raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)} ({source})")
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class Export:
+    """Rows for the stages plus what the report says about them."""
+
+    rows: list[dict[str, Any]]
+    left_out: Counter[str]
+    unified: list[Unified]
+
+
+def _candidate_texts(record: PulledRecord) -> list[str]:
+    return [str(record.fields[name]) for name in record.candidates()]
+
+
+def _left_out_reason(kind: str, item: Unified, config: ExportConfig) -> str | None:
+    if item.outcome in ("discarded", "disagreement"):
+        return item.outcome
+    if kind == "comparison" and item.outcome == "unanswered":
+        return "no submitted ranking"
+    if item.submitted < config.min_submitted:
+        return f"fewer than {config.min_submitted} submitted answers"
+    if config.min_rating is not None and (item.rating is None or item.rating < config.min_rating):
+        return f"rating below {config.min_rating:g} or unrated"
+    if kind == "instruction" and config.export_rule == "corrected_only" and not item.correction:
+        return "no correction"
+    return None
+
+
+def build_export(kind: str, records: Sequence[PulledRecord], config: ExportConfig) -> Export:
+    """Unify `records` and turn the usable ones into rows of the shape the stage for `kind` reads."""
+    unified = unify(kind, records, config.unify_config())
+    use_corrections = config.export_rule != "original"
+    rows: list[dict[str, Any]] = []
+    left_out: Counter[str] = Counter()
+    for item in unified:
+        reason = _left_out_reason(kind, item, config)
+        if reason:
+            left_out[reason] += 1
+            continue
+        record, fields = item.record, item.record.fields
+        if kind == "text":
+            rows.append({"id": record.id, "text": fields[schemas.CONTENT]})
+        elif kind == "instruction":
+            response = item.correction if use_corrections and item.correction else fields[schemas.RESPONSE]
+            rows.append(
+                {
+                    "id": record.id,
+                    schemas.INSTRUCTION: fields[schemas.INSTRUCTION],
+                    schemas.CONTEXT: fields.get(schemas.CONTEXT) or "",
+                    schemas.RESPONSE: response,
+                }
+            )
+        else:
+            candidates, ranks = _candidate_texts(record), list(item.ranks or [])
+            if use_corrections and item.correction:
+                candidates, ranks = [item.correction, *candidates], [min(ranks) - 1, *ranks]
+            pairs = ranking_to_pairs(candidates, ranks, config.pair_rule)  # type: ignore[arg-type]
+            if not pairs:
+                left_out["ranking all ties"] += 1
+            rows += [
+                {"id": record.id, "prompt": fields[schemas.PROMPT], "chosen": chosen, "rejected": rejected}
+                for chosen, rejected, _ in pairs
+            ]
+    if kind == "instruction":
+        rows = _sft_rows(rows, config.format)
+    return Export(rows, left_out, unified)
+
+
+def _sft_rows(rows: list[dict[str, Any]], shape: str) -> list[dict[str, Any]]:
+    """Instruction rows in the SFT stage's own prompt layout (pipelines.data.formats), then `shape`."""
+    if not rows:
+        return []
+    from datasets import Dataset
+
+    from pipelines.data.formats import to_training_format
+
+    roles = {role: role for role in (schemas.INSTRUCTION, schemas.CONTEXT, schemas.RESPONSE)}
+    chats = to_training_format(Dataset.from_list(rows), roles)
+    if shape == "messages":
+        return [
+            {"id": row["id"], "messages": prompt + completion}
+            for row, prompt, completion in zip(rows, chats["prompt"], chats["completion"], strict=True)
+        ]
+    return [
+        {"id": row["id"], "prompt": prompt[-1]["content"], "completion": completion[0]["content"]}
+        for row, prompt, completion in zip(rows, chats["prompt"], chats["completion"], strict=True)
+    ]
+
+
+def report(
+    source: str, kind: str, records: Sequence[PulledRecord], result: Export, config: ExportConfig
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "kind": kind,
+        "config": dataclasses.asdict(config),
+        "records": len(records),
+        "outcomes": outcome_counts(result.unified),
+        "rows": len(result.rows),
+        "left_out": dict(result.left_out),
+        "agreement": agreement(kind, records),
+        "annotators": annotator_counts(records),
+    }
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _csv_cell(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+
+
+def _write_files(folder: Path, name: str, rows: list[dict[str, Any]], aside: Iterable[dict[str, Any]]) -> None:
+    from datasets import Dataset
+
+    Dataset.from_list(rows).save_to_disk(str(folder))
+    with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with (folder / f"{name}.csv").open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({key: _csv_cell(value) for key, value in row.items()} for row in rows)
+    with (folder / "disagreements.jsonl").open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in aside)
+
+
+def _next_version(root: Path) -> int:
+    numbers = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def write_versioned(
+    root: Path, name: str, rows: list[dict[str, Any]], summary: dict[str, Any], aside: Iterable[dict[str, Any]]
+) -> Path:
+    """Write a new version `root/v<N>` beside, rename it into place and point `root/latest` at it."""
+    if not rows:
+        raise UserError(f"nothing to export: {summary['left_out'] or 'no records'} (see the rules in --help)")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    try:
+        _write_files(staging, name, rows, aside)
+        while True:
+            target = root / f"v{_next_version(root)}"
+            summary = {**summary, "version": target.name}
+            (staging / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            try:
+                staging.rename(target)
+                break
+            except OSError:
+                if not target.exists():
+                    raise  # not a race with another export taking this number
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    link = root / ".latest-tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.name)
+    os.replace(link, root / "latest")
+    return target
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the keys below (flags win)")
+    for field in dataclasses.fields(ExportConfig):
+        kind = float if field.name == "min_rating" else int if field.type in ("int", int) else str
+        parser.add_argument(
+            f"--{field.name}",
+            type=kind,
+            default=None,
+            choices=field.metadata.get("choices"),
+            help=field.metadata["help"],
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> ExportConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path} must be a YAML mapping of export keys")
+        values.update(loaded.get("export", loaded))
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    return ExportConfig.from_mapping(values, args.config or "flags")
+
+
+def read_pulled(path: Path) -> tuple[str, list[PulledRecord]]:
+    """A `pull` output file: the first line names the kind, then one record per line."""
+    if not path.is_file():
+        raise UserError(f"pulled file not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+        records = [PulledRecord.from_json(json.loads(line)) for line in lines[1:] if line.strip()]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a file written by `python -m annotation pull` ({err})") from None
+    if header.get("kind") not in schemas.KINDS:
+        raise UserError(f"{path} is not a file written by `python -m annotation pull` (no kind in its first line)")
+    return header["kind"], records
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m annotation export",
+        description="Pull, unify and export annotations as the stages' training data.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", help="workspace/dataset on the Argilla server (or a name, with --input)")
+    parser.add_argument("--input", help="a file written by `python -m annotation pull` instead of the server")
+    parser.add_argument("--output_dir", help=f"versions go under this folder (default {DEFAULT_OUTPUT_ROOT}/<dataset>)")
+    add_config_flags(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    if args.input:
+        kind, records = read_pulled(Path(args.input))
+    else:
+        from annotation.pull import pull_dataset
+
+        kind, records = pull_dataset(args.dataset)
+    result = build_export(kind, records, config)
+    summary = report(args.input or f"argilla://{args.dataset}", kind, records, result, config)
+    aside = (item.disagreement_row() for item in result.unified if item.outcome == "disagreement")
+    root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT / args.dataset
+    target = write_versioned(root, Path(args.dataset).name, result.rows, summary, aside)
+    print(json.dumps({"rows": len(result.rows), "left_out": dict(result.left_out), "output": str(target)}))
+    return 0
