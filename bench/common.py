@@ -278,11 +278,13 @@ def pipelines_sft_cmd(
     output_dir: Path,
     extra: Sequence[str] = (),
     launcher: Sequence[str] = (PYTHON, "-m"),
+    stage: str = "pipelines.sft",
 ) -> list[str]:
-    """`python -m pipelines.sft` (or `accelerate launch ... -m pipelines.sft`) with no generation eval."""
+    """`python -m pipelines.sft` (or another Trainer stage, or `accelerate launch ... -m ...`), no generation eval."""
+    no_generation = ["--eval_generation_samples", "0"] if stage == "pipelines.sft" else []
     return [
         *launcher,
-        "pipelines.sft",
+        stage,
         "--config",
         str(config),
         "--model_name_or_path",
@@ -293,8 +295,7 @@ def pipelines_sft_cmd(
         str(eval_dataset),
         "--output_dir",
         str(output_dir),
-        "--eval_generation_samples",
-        "0",
+        *no_generation,
         *extra,
     ]
 
@@ -425,10 +426,11 @@ def run_pipelines_sft(
     warmup: int,
     extra: Sequence[str] = (),
     launcher: Sequence[str] = (PYTHON, "-m"),
+    stage: str = "pipelines.sft",
 ) -> tuple[Throughput, dict[str, Any]]:
-    """One `pipelines.sft` run (output in a temp dir, deleted after): its throughput and a JSON record."""
+    """One `pipelines.sft` (or `stage`) run, output in a temp dir deleted after: its throughput and a JSON record."""
     out = tmp / slug(label)
-    cmd = pipelines_sft_cmd(config, model, data[0], data[1], out, extra, launcher)
+    cmd = pipelines_sft_cmd(config, model, data[0], data[1], out, extra, launcher, stage)
     load = loadavg()
     wall = run_child(cmd, tmp / f"{slug(label)}.log", label)
     figures, train_summary = pipelines_run_figures(out, warmup)
@@ -436,6 +438,21 @@ def run_pipelines_sft(
     report(label, figures, wall)
     record = {"label": label, "command": shlex.join(cmd), "wall_s": round(wall, 1), "loadavg": load}
     return figures, {**record, **figures.as_dict(), "summary_train": train_summary}
+
+
+def run_plain_script(
+    script: Path, label: str, tmp: Path, config: Path, model: str, data: Path, samples: int, warmup: int
+) -> dict[str, Any]:
+    """One run of a plain TRL peer script (bench/plain_trl_*.py); its figures (the output dir is deleted after)."""
+    out = tmp / slug(label)
+    cmd = [PYTHON, str(script), "--config", str(config), "--model", model, "--data", str(data)]
+    cmd += ["--output_dir", str(out), "--max_train_samples", str(samples)]
+    load = loadavg()
+    wall = run_child(cmd, tmp / f"{slug(label)}.log", label)
+    figures = throughput(json.loads((out / "log_history.json").read_text()), warmup)
+    shutil.rmtree(out, ignore_errors=True)
+    report(label, figures, wall)
+    return {"label": label, "command": shlex.join(cmd), "wall_s": round(wall, 1), "loadavg": load, **figures.as_dict()}
 
 
 def report(label: str, figures: Throughput, wall: float) -> None:

@@ -1,0 +1,260 @@
+"""ppo_vs_trl: PPO episodes/s of `python -m pipelines.ppo` vs trl==1.12.0's PPOTrainer, same run.
+
+    python -m bench.ppo_vs_trl                     # the demo's SFT + reward models, 8 updates × 16 episodes
+    python -m bench.ppo_vs_trl --policy runs/x/sft --reward_model runs/x/reward --updates 6
+    python -m bench.ppo_vs_trl --quick             # tiny-llama smoke test (random reward head)
+
+trl 1.13 removed its PPO trainer, so the peer runs in its own venv (.cache/bench/trl-1.12: torch
+2.13.0, trl 1.12.0 and this project's pins of transformers/accelerate/datasets, so only TRL differs),
+built on first use. Both sides get the same policy, reference (= policy), value model (initialised
+from the reward model), reward model, prompts (data/textsql/train.jsonl questions, chat template),
+rollout batch (16 = 8 × 2 accumulation, one minibatch), PPO epochs, response length, temperature,
+KL coefficient and estimator, learning rate and seed (from configs/ppo/default.yaml).
+episodes/s = episodes / the training loop's wall time (model loading and evaluation excluded).
+Reward gain = mean rollout score of the last third of the updates minus the first third (TRL's
+`objective/scores`, the same key in our metrics.jsonl); with 16 episodes an update it is noisy.
+Target: ratio >= 1.5 with at least equal reward gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import (
+    PYTHON,
+    ROOT,
+    TINY,
+    Recorder,
+    Verdict,
+    add_common_flags,
+    apply_threads,
+    loadavg,
+    model_path,
+    read_jsonl,
+    run_child,
+    write_yaml,
+)
+
+NAME = "ppo_vs_trl"
+TARGET = 1.5
+PEER_VENV = ROOT / ".cache" / "bench" / "trl-1.12"
+PEER_SCRIPT = ROOT / "bench" / "plain_trl112_ppo.py"
+PEER_PACKAGES = ("trl==1.12.0",)
+SHARED_PINS = ("transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers", "safetensors", "numpy")
+PROMPTS = ROOT / "data" / "textsql" / "train.jsonl"
+
+
+def peer_python() -> Path:
+    """The trl 1.12 venv's python, built once (torch from the CPU wheel first, like scripts/setup.sh)."""
+    python = PEER_VENV / "bin" / "python"
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    wanted = [*PEER_PACKAGES, *(p for p in pins if p.split("==")[0] in SHARED_PINS)]
+    stamp = PEER_VENV / f".installed-{hashlib.sha256(' '.join(wanted).encode()).hexdigest()[:16]}"
+    if stamp.is_file():
+        return python
+    print(f"building the peer venv {PEER_VENV.relative_to(ROOT)} ({' '.join(wanted)})", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, *wanted], check=True)
+    stamp.touch()
+    return python
+
+
+def default_models() -> tuple[str, str]:
+    """The newest demo run's SFT and reward models (`make demo` makes them)."""
+    for run in sorted(ROOT.glob("runs/demo-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if (run / "sft" / "config.json").is_file() and (run / "reward" / "config.json").is_file():
+            return str(run / "sft"), str(run / "reward")
+    raise SystemExit("error: no runs/demo-*/sft and reward models: run `make demo` or pass --policy/--reward_model")
+
+
+def tiny_reward_model() -> str:
+    """tiny-llama with a seeded one-output score head (quick mode has no trained reward model)."""
+    folder = ROOT / ".cache" / "bench" / "tiny-llama-reward"
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(0)
+        tokenizer = AutoTokenizer.from_pretrained(model_path(TINY))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path(TINY), num_labels=1, pad_token_id=tokenizer.pad_token_id
+        )
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def shared_settings(updates: int, quick: bool) -> dict[str, Any]:
+    ours = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
+    keys = ("learning_rate", "temperature", "kl_coef", "kl_estimator", "cliprange", "cliprange_value", "vf_coef")
+    keys += ("gamma", "lam", "whiten_rewards", "missing_eos_penalty", "seed", "max_new_tokens")
+    settings = {key: ours[key] for key in keys}
+    settings |= {"rollout_batch_size": ours["rollout_batch_size"], "ppo_epochs": ours["ppo_epochs"], "updates": updates}
+    settings |= {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}
+    if quick:
+        settings["max_new_tokens"] = 16
+    return settings
+
+
+def peer_config(s: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """trl 1.12 PPOConfig keys for the same run: local batch = 8 × 2 × 1 minibatch = the rollout batch."""
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": s["per_device_train_batch_size"],
+        "gradient_accumulation_steps": s["gradient_accumulation_steps"],
+        "num_mini_batches": 1,
+        "local_rollout_forward_batch_size": s["rollout_batch_size"],
+        "total_episodes": s["updates"] * s["rollout_batch_size"],
+        "num_ppo_epochs": s["ppo_epochs"],
+        "response_length": s["max_new_tokens"],
+        "stop_token": "eos",
+        "temperature": s["temperature"],
+        "missing_eos_penalty": s["missing_eos_penalty"],
+        "kl_coef": s["kl_coef"],
+        "kl_estimator": s["kl_estimator"],
+        "learning_rate": s["learning_rate"],
+        "cliprange": s["cliprange"],
+        "cliprange_value": s["cliprange_value"],
+        "vf_coef": s["vf_coef"],
+        "gamma": s["gamma"],
+        "lam": s["lam"],
+        "whiten_rewards": s["whiten_rewards"],
+        "seed": s["seed"],
+        "num_sample_generations": 0,
+        "per_device_eval_batch_size": 4,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "bf16": False,
+        "use_cpu": True,
+        "dataloader_pin_memory": False,
+    }
+
+
+def our_flags(s: dict[str, Any], output_dir: Path) -> list[str]:
+    flags = {
+        "output_dir": output_dir,
+        "max_steps": s["updates"],
+        "rollout_batch_size": s["rollout_batch_size"],
+        "generation_batch_size": s["rollout_batch_size"],
+        "per_device_train_batch_size": s["per_device_train_batch_size"],
+        "gradient_accumulation_steps": s["gradient_accumulation_steps"],
+        "eval_prompts": 0,
+        "save_strategy": "no",
+        "sample_every": 0,
+        "report_to": "none",
+        **{k: s[k] for k in ("ppo_epochs", "max_new_tokens", "temperature", "missing_eos_penalty", "kl_coef")},
+        **{k: s[k] for k in ("kl_estimator", "learning_rate", "cliprange", "cliprange_value", "vf_coef", "seed")},
+        **{k: s[k] for k in ("gamma", "lam", "whiten_rewards")},
+    }
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def reward_gain(scores: list[float]) -> float:
+    third = max(1, len(scores) // 3)
+    return sum(scores[-third:]) / third - sum(scores[:third]) / third
+
+
+def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> dict[str, Any]:
+    out = tmp / "ours"
+    cmd = [PYTHON, "-m", "pipelines.ppo", "--config", str(ROOT / "configs" / "ppo" / "default.yaml")]
+    cmd += ["--model_name_or_path", policy, "--reward_model_path", reward_model, "--dataset", str(PROMPTS)]
+    cmd += ["--eval_dataset", str(PROMPTS), *our_flags(s, out)]
+    load = loadavg()
+    wall = run_child(cmd, tmp / "ours.log", "pipelines.ppo")
+    summary = json.loads((out / "summary.json").read_text())
+    scores = [row["objective/scores"] for row in read_jsonl(out / "metrics.jsonl")]
+    seconds = summary["train"]["train_runtime"] if "train" in summary else summary["train_runtime"]
+    return {
+        "command": shlex.join(cmd),
+        "wall_s": round(wall, 1),
+        "loadavg": load,
+        "train_seconds": seconds,
+        "episodes": s["updates"] * s["rollout_batch_size"],
+        "scores": scores,
+    }
+
+
+def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> dict[str, Any]:
+    out = tmp / "peer"
+    config = write_yaml(tmp / "peer.yaml", peer_config(s, out))
+    cmd = [str(peer_python()), str(PEER_SCRIPT), "--config", str(config), "--policy", policy]
+    cmd += ["--reward_model", reward_model, "--data", str(PROMPTS)]
+    load = loadavg()
+    wall = run_child(cmd, tmp / "peer.log", "trl 1.12 PPO")
+    result = json.loads((out / "result.json").read_text())
+    scores = [row["objective/scores"] for row in result["log_history"] if "objective/scores" in row]
+    return {
+        "command": shlex.join(cmd),
+        "wall_s": round(wall, 1),
+        "loadavg": load,
+        "train_seconds": result["train_seconds"],
+        "episodes": result["episodes"],
+        "scores": scores,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ppo_vs_trl", description=__doc__.splitlines()[0])
+    add_common_flags(parser)
+    parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
+    parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+    parser.add_argument("--updates", type=int, default=None, help="PPO updates per side (default 8; quick 2)")
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
+    if args.quick:
+        policy, reward_model = model_path(TINY), tiny_reward_model()
+    elif args.policy and args.reward_model:
+        policy, reward_model = args.policy, args.reward_model
+    else:
+        policy, reward_model = default_models()
+    settings = shared_settings(args.updates or (2 if args.quick else 8), args.quick)
+    peer_python()  # built before any timing
+    recorder = Recorder(NAME, args.quick)
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-vs-trl-") as tmp_name:
+        tmp = Path(tmp_name)
+        peer = run_peer(tmp, policy, reward_model, settings)
+        runs = {"peer": peer, "ours": run_ours(tmp, policy, reward_model, settings)}
+    for side, record in runs.items():
+        record["episodes_per_s"] = record["episodes"] / record["train_seconds"]
+        record["reward_gain"] = reward_gain(record["scores"])
+        print(f"  {side:<5} {record['episodes_per_s']:.3f} episodes/s, reward gain {record['reward_gain']:+.3f}")
+    ours, peer = runs["ours"], runs["peer"]
+    gain_ok = ours["reward_gain"] >= peer["reward_gain"]
+    verdict = Verdict(
+        NAME,
+        "pipelines.ppo",
+        ours["episodes_per_s"],
+        "trl 1.12 PPOTrainer",
+        peer["episodes_per_s"],
+        "episodes/s",
+        TARGET,
+        note=f"reward gain {ours['reward_gain']:+.2f} vs {peer['reward_gain']:+.2f} "
+        f"({'>=' if gain_ok else '<'}) over {ours['episodes']} episodes",
+    )
+    recorder.finish(
+        verdict,
+        {
+            "policy": policy,
+            "reward_model": reward_model,
+            "settings": settings,
+            "reward_gain_at_least_equal": gain_ok,
+            "runs": runs,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
