@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from annotation import schemas
-from annotation.client import connect, find_dataset
+from annotation.client import connect, find_dataset, split_address
 from annotation.unify import Answer, PulledRecord
 from pipelines.errors import UserError, cli_entry
 
@@ -100,6 +100,7 @@ def dataset_kind(dataset: rg.Dataset) -> str:
 
 def pull_dataset(address: str) -> tuple[str, list[PulledRecord]]:
     """(kind, records) of the dataset at `workspace/dataset`."""
+    split_address(address)  # a malformed address is reported before connecting
     client = connect()
     dataset = find_dataset(client, address)
     kind = dataset_kind(dataset)

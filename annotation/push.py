@@ -1,0 +1,347 @@
+"""`python -m annotation push ws/dataset --data FILE`: put records in front of annotators.
+
+    python -m annotation push demo/instructions --data data/textsql/train.jsonl --kind instruction
+    python -m annotation push demo/prefs --data pairs.jsonl --kind comparison --min_submitted 3
+    python -m annotation push demo/corpus --data corpus.txt --kind text --columns text=body
+
+`--data` takes everything the SFT stage reads (`pipelines.data.sources.load_source`: JSON/JSONL/CSV/
+Parquet/text files, saved HF datasets, `scheme://` sources) and columns are mapped the same way
+(`pipelines.data.formats`: `--columns role=column`, or detected by name):
+- text: `text` (or `content`); `source`/`domain` and other scalar columns become metadata;
+- instruction: `instruction`/`prompt`/`question`/`input` + `response`/`completion`/`answer`/`output`,
+  optional `context`;
+- comparison: a prompt column plus `chosen` + `rejected` (shown in an order fixed by the record id, so
+  position says nothing), a `responses` list, or `response_1..response_N`; optional model scores
+  (`scores` list, `score_1..score_N`, or `chosen_score`/`rejected_score`) become metadata and a
+  ranking suggestion (highest score first).
+
+Every record carries an id: `--id_column` (default `id` when the data has one), else a hash of its
+content. Re-pushing the same ids updates those records instead of adding copies. The whole input is
+checked before anything is sent (columns, empty values, duplicate ids, size); then records go in
+batches of 500 (the server's maximum) with two requests in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from annotation import schemas
+from pipelines.data.formats import PROMPT_COLUMNS, detect_mapping, parse_columns
+from pipelines.data.sources import load_source
+from pipelines.errors import UserError, cli_entry
+
+if TYPE_CHECKING:
+    import argilla as rg
+    from datasets import Dataset
+
+BATCH_SIZE = 500  # the server's RECORDS_BULK_UPSERT_MAX_ITEMS
+IN_FLIGHT = 2
+DEFAULT_MAX_CHARS = 100_000
+COMPARISON_ROLES = ("prompt", "chosen", "rejected", "responses", "scores", "chosen_score", "rejected_score")
+SCALAR = (str, int, float, bool)
+
+
+def load_rows(spec: str) -> Dataset:
+    """The rows of `spec` (every split of a saved DatasetDict, in order)."""
+    from datasets import DatasetDict, concatenate_datasets
+
+    loaded = load_source(spec)
+    rows = concatenate_datasets(list(loaded.values())) if isinstance(loaded, DatasetDict) else loaded
+    if len(rows) == 0:
+        raise UserError(f"no rows in {spec}")
+    return rows
+
+
+def _mismatch(kind: str, columns: Sequence[str], detail: str = "") -> UserError:
+    expected = schemas.EXPECTED_COLUMNS[kind].describe()
+    detail = f"{detail}; " if detail else ""
+    return UserError(
+        f"the data's columns do not fit the {kind} kind: {detail}found {', '.join(columns)}; expected {expected} "
+        "(or map them with --columns role=column)"
+    )
+
+
+def _comparison_mapping(columns: Sequence[str], spec: str | None) -> dict[str, Any]:
+    mapping: dict[str, Any] = {}
+    for item in filter(None, (spec or "").split(",")):
+        role, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or role not in COMPARISON_ROLES:
+            raise UserError(f"bad column mapping item {item!r}: write role=column with a role in {COMPARISON_ROLES}")
+        mapping[role] = column
+    missing = [column for column in mapping.values() if column not in columns]
+    if missing:
+        raise _mismatch("comparison", columns, f"mapped column(s) {', '.join(missing)} missing")
+    mapping.setdefault("prompt", next((c for c in PROMPT_COLUMNS if c in columns), None))
+    numbered = [f"response_{i}" for i in range(1, schemas.MAX_CANDIDATES + 1) if f"response_{i}" in columns]
+    if not {"responses", "chosen", "rejected"} & mapping.keys():
+        if "responses" in columns:
+            mapping["responses"] = "responses"
+        elif {"chosen", "rejected"} <= set(columns):
+            mapping.update(chosen="chosen", rejected="rejected")
+        elif len(numbered) >= 2:
+            mapping["numbered"] = numbered
+    for role in ("scores", "chosen_score", "rejected_score"):
+        if role not in mapping and role in columns:
+            mapping[role] = role
+    if "numbered" in mapping and "scores" not in mapping:
+        scores = [f"score_{i}" for i in range(1, len(numbered) + 1)]
+        mapping["numbered_scores"] = scores if all(s in columns for s in scores) else None
+    has_candidates = "responses" in mapping or "numbered" in mapping or {"chosen", "rejected"} <= mapping.keys()
+    if not mapping["prompt"] or not has_candidates:
+        raise _mismatch("comparison", columns)
+    return mapping
+
+
+def column_mapping(kind: str, columns: Sequence[str], spec: str | None) -> dict[str, Any]:
+    """Which data column feeds which part of a record of `kind` (a `UserError` listing found vs expected)."""
+    if kind == "comparison":
+        return _comparison_mapping(columns, spec)
+    if kind == "text" and not spec and "content" in columns and "text" not in columns:
+        return {"text": "content"}
+    try:
+        mapping = detect_mapping(list(columns), spec) if spec or kind == "instruction" else {}
+    except UserError as err:
+        raise _mismatch(kind, columns, str(err).split(":")[0]) from None
+    if kind == "text":
+        mapping = mapping or parse_columns("text=text" if "text" in columns else None)
+        if set(mapping) - {"system"} != {"text"}:
+            raise _mismatch(kind, columns)
+        return {"text": mapping["text"]}
+    if "messages" in mapping or "text" in mapping:
+        raise _mismatch(kind, columns, "chat or plain-text rows have no single instruction and response")
+    return {
+        "instruction": mapping.get("instruction", mapping.get("prompt")),
+        "response": mapping.get("response", mapping.get("completion")),
+        "context": mapping.get("context"),
+    }
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, ensure_ascii=False)
+        if isinstance(value, list | dict)
+        else str(value)
+    )
+    return text if text.strip() else None
+
+
+def _content_id(values: Mapping[str, Any]) -> str:
+    """An id for rows without one: the same content always gets the same id, so re-pushing updates."""
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _ranks_by_score(scores: Sequence[float]) -> list[int]:
+    """Rank 1 for the highest score; equal scores share a rank."""
+    levels = sorted(set(scores), reverse=True)
+    return [levels.index(score) + 1 for score in scores]
+
+
+def _comparison_record(row: Mapping[str, Any], mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    if "responses" in mapping:
+        candidates = list(row[mapping["responses"]] or [])
+        scores = list(row[mapping["scores"]]) if "scores" in mapping and row[mapping["scores"]] is not None else None
+    elif "numbered" in mapping:
+        candidates = [row[c] for c in mapping["numbered"] if _text(row[c])]
+        score_columns = mapping.get("numbered_scores") or mapping.get("scores")
+        scores = [row[c] for c in score_columns][: len(candidates)] if isinstance(score_columns, list) else None
+    else:
+        pair = [row[mapping["chosen"]], row[mapping["rejected"]]]
+        pair_scores = [row.get(mapping.get("chosen_score", "")), row.get(mapping.get("rejected_score", ""))]
+        flip = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 2 == 1
+        order = [1, 0] if flip else [0, 1]
+        candidates = [pair[i] for i in order]
+        scores = [pair_scores[i] for i in order] if None not in pair_scores else None
+        metadata["source_chosen"] = f"response_{order.index(0) + 1}"
+    if not 2 <= len(candidates) <= schemas.MAX_CANDIDATES:
+        raise ValueError(f"has {len(candidates)} candidate responses (2 to {schemas.MAX_CANDIDATES} allowed)")
+    names = schemas.candidate_names(len(candidates))
+    fields = {"prompt": _text(row[mapping["prompt"]]), **{n: _text(c) for n, c in zip(names, candidates, strict=True)}}
+    suggestions = []
+    if scores is not None:
+        if len(scores) != len(candidates) or any(s is None for s in scores):
+            raise ValueError(f"has {len(scores)} scores for {len(candidates)} responses")
+        metadata.update({f"score_{i}": float(s) for i, s in enumerate(scores, start=1)})
+        ranking = [{"value": n, "rank": r} for n, r in zip(names, _ranks_by_score(scores), strict=True)]
+        suggestions.append({"question_name": schemas.RANKING, "value": ranking, "agent": schemas.SCORE_AGENT})
+    return {"fields": fields, "metadata": metadata, "suggestions": suggestions}
+
+
+def _record(kind: str, row: Mapping[str, Any], mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
+    if kind == "comparison":
+        return _comparison_record(row, mapping, key)
+    if kind == "text":
+        return {"fields": {schemas.CONTENT: _text(row[mapping["text"]])}, "metadata": {}, "suggestions": []}
+    fields = {name: _text(row[column]) for name, column in mapping.items() if column}
+    return {"fields": fields, "metadata": {}, "suggestions": []}
+
+
+def _used_columns(mapping: Mapping[str, Any]) -> set[str]:
+    used: set[str] = set()
+    for value in mapping.values():
+        used.update(value if isinstance(value, list) else [value] if value else [])
+    return used
+
+
+def build_records(
+    rows: Dataset,
+    kind: str,
+    columns: str | None = None,
+    id_column: str | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+) -> list[dict[str, Any]]:
+    """Argilla record payloads (`external_id`, `fields`, `metadata`, `suggestions` by question name).
+
+    Raises one `UserError` naming the first offending rows if anything would be refused or duplicated.
+    """
+    names = list(rows.column_names)
+    mapping = column_mapping(kind, names, columns)
+    if id_column and id_column not in names:
+        raise UserError(f"id column {id_column!r} not in the data ({', '.join(names)})")
+    id_column = id_column or ("id" if "id" in names else None)
+    used = sorted(_used_columns(mapping))
+    extra = [c for c in names if c not in used and c != id_column]
+    required = {"text": [schemas.CONTENT], "instruction": [schemas.INSTRUCTION, schemas.RESPONSE]}.get(kind, ["prompt"])
+    records, problems, too_long = [], [], []
+    for index, row in enumerate(rows):
+        key = str(row[id_column]) if id_column else _content_id({c: row[c] for c in used})
+        try:
+            record = _record(kind, row, mapping, key)
+        except (ValueError, TypeError) as err:
+            problems.append(f"row {index + 1} {err}")
+            continue
+        fields = record["fields"]
+        empty = [name for name, value in fields.items() if value is None and (name in required or kind == "comparison")]
+        if empty:
+            problems.append(f"row {index + 1} has no {', '.join(empty)}")
+            continue
+        record["fields"] = {name: value for name, value in fields.items() if value is not None}
+        record["external_id"] = key
+        size = sum(len(value) for value in record["fields"].values())
+        if size > max_chars:
+            too_long.append(f"{record['external_id']} ({size:,})")
+        record["metadata"].update({c: row[c] for c in extra if isinstance(row[c], SCALAR)})
+        records.append(record)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{len(problems)} row(s) cannot become {kind} records: {'; '.join(problems[:3])}{more}")
+    if too_long:
+        raise UserError(
+            f"{len(too_long)} record(s) over the size limit of {max_chars:,} characters: {', '.join(too_long[:3])}; "
+            "shorten them or raise --max_chars"
+        )
+    duplicates = [(key, n) for key, n in Counter(r["external_id"] for r in records).items() if n > 1]
+    if duplicates:
+        shown = ", ".join(f"{key!r} x{n}" for key, n in duplicates[:3])
+        what = f"values of the id column {id_column!r}" if id_column else "records (same content)"
+        raise UserError(f"duplicate ids in the input: {len(duplicates)} {what} repeat ({shown}); make them unique")
+    return records
+
+
+def candidate_count(records: Sequence[Mapping[str, Any]]) -> int:
+    """Most candidate responses in one record (the number of response fields a comparison dataset needs)."""
+    return max(sum(name.startswith("response_") for name in r["fields"]) for r in records)
+
+
+# ---------------------------------------------------------------------------- sending
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def send_records(
+    client: rg.Argilla, dataset: rg.Dataset, records: list[dict[str, Any]], batch_size: int = BATCH_SIZE
+) -> tuple[int, int]:
+    """Upsert `records` by `external_id`; returns (created, updated)."""
+    question_ids = {question.name: str(question.id) for question in dataset.settings.questions}
+    http = client.api.http_client
+    url = f"/api/v1/datasets/{dataset.id}/records/bulk"
+
+    def payload(record: dict[str, Any]) -> dict[str, Any]:
+        suggestions = [
+            {"question_id": question_ids[s["question_name"]], "value": s["value"], "agent": s["agent"], "type": "model"}
+            for s in record["suggestions"]
+        ]
+        return {**record, "suggestions": suggestions}
+
+    def put(batch: Sequence[dict[str, Any]]) -> int:
+        response = http.put(url, json={"items": [payload(record) for record in batch]})
+        if response.status_code == 422:
+            raise UserError(f"the server refused records of {dataset.name!r}: {response.text[:300]}")
+        response.raise_for_status()
+        return len(response.json()["updated_item_ids"])
+
+    updated = 0
+    with (
+        tqdm(total=len(records), desc=f"Pushing to {dataset.name}", unit="record") as bar,
+        ThreadPoolExecutor(IN_FLIGHT) as pool,
+    ):
+        batches = list(_batches(records, batch_size))
+        for batch, count in zip(batches, pool.map(put, batches), strict=True):
+            updated += count
+            bar.update(len(batch))
+    return len(records) - updated, updated
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    from annotation.client import connect, find_dataset, split_address
+    from annotation.create import create_dataset, dataset_exists
+    from annotation.pull import dataset_kind
+
+    parser = argparse.ArgumentParser(
+        prog="python -m annotation push",
+        description="Push records from a file or dataset to an Argilla dataset (idempotent on record ids).",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", help="workspace/dataset")
+    parser.add_argument("--data", required=True, help="file, saved HF dataset or scheme:// source, as for training")
+    parser.add_argument("--kind", choices=schemas.KINDS, help="create the dataset as this kind if it does not exist")
+    parser.add_argument("--columns", help="role=column,... (see above); default: detected by column names")
+    parser.add_argument("--id_column", help="column holding each record's id (default: `id` if present, else a hash)")
+    parser.add_argument("--min_submitted", type=int, default=1, help="with --kind: answers wanted per record")
+    parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="largest record, in characters")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"records per request (max {BATCH_SIZE})")
+    args = parser.parse_args(argv)
+    if not 1 <= args.batch_size <= BATCH_SIZE:
+        raise UserError(f"--batch_size must be between 1 and {BATCH_SIZE}")
+    split_address(args.dataset)
+    # With --kind the data is checked before any server is needed; without, the dataset says its kind.
+    records = (
+        build_records(load_rows(args.data), args.kind, args.columns, args.id_column, args.max_chars)
+        if args.kind
+        else None
+    )
+    client = connect()
+    dataset = find_dataset(client, args.dataset) if not args.kind or dataset_exists(client, args.dataset) else None
+    kind = dataset_kind(dataset) if dataset else args.kind
+    if args.kind and args.kind != kind:
+        raise UserError(f"{args.dataset} is a {kind} dataset, not {args.kind}")
+    if records is None:
+        records = build_records(load_rows(args.data), kind, args.columns, args.id_column, args.max_chars)
+    if kind == "comparison" and dataset is not None:
+        have = sum(field.name.startswith("response_") for field in dataset.settings.fields)
+        if candidate_count(records) > have:
+            raise UserError(
+                f"{args.dataset} shows {have} responses per record; the data has up to {candidate_count(records)}"
+            )
+    if dataset is None:
+        dataset = create_dataset(client, args.dataset, kind, candidate_count(records), args.min_submitted)
+    created, updated = send_records(client, dataset, records, args.batch_size)
+    print(json.dumps({"dataset": args.dataset, "kind": kind, "created": created, "updated": updated}))
+    return 0
