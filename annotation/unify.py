@@ -122,9 +122,13 @@ def _vote(what: str, votes: Sequence[Hashable], tie_rule: str) -> Any:
 def rank_vector(value: Any, candidates: Sequence[str]) -> tuple[float, ...]:
     """An Argilla ranking value (`[{"value": "response_2", "rank": 1}, ...]`) as ranks aligned to `candidates`.
 
-    A candidate the annotator left unranked counts as worse than every ranked one.
+    A candidate the annotator left unranked counts as worse than every ranked one. A value with no
+    ranks at all (the SDK sends a list of names that way) is ranked by its order, best first.
     """
-    given = {item["value"]: item["rank"] for item in value or [] if item.get("rank") is not None}
+    items = list(value or [])
+    if all(item.get("rank") is None for item in items):
+        items = [{"value": item["value"], "rank": position} for position, item in enumerate(items, start=1)]
+    given = {item["value"]: item["rank"] for item in items if item.get("rank") is not None}
     worst = max(given.values(), default=0) + 1
     return tuple(float(given.get(name, worst)) for name in candidates)
 

@@ -280,3 +280,11 @@ def test_schema_names_are_what_unify_reads() -> None:
     assert schemas.kind_of_fields(["instruction", "context", "response"]) == "instruction"
     assert schemas.kind_of_fields(["prompt", "response_1", "response_2"]) == "comparison"
     assert schemas.kind_of_fields(["text"]) is None
+
+
+def test_rankings_sent_as_an_ordered_list_rank_by_position() -> None:
+    from annotation.unify import rank_vector
+
+    names = ["response_1", "response_2", "response_3"]
+    assert rank_vector([{"value": "response_3"}, {"value": "response_1"}, {"value": "response_2"}], names) == (2, 3, 1)
+    assert rank_vector([{"value": "response_2", "rank": 1}], names) == (2, 1, 2)  # unranked: after every ranked one
