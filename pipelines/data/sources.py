@@ -1,20 +1,35 @@
 """Where training rows come from: HF dataset folders, JSON/JSONL/CSV/Parquet/text files, hub ids,
-and URL-like sources (`argilla://workspace/dataset`) registered by scheme.
+SQL databases, and URL-like sources (`argilla://workspace/dataset`) registered by scheme.
 
 Every stage and `annotation push` load data through `load_source`, so a source added here works
-everywhere. Splits are made here too, the same way for every stage.
+everywhere. Splits are made here too, the same way for every stage (`load_splits`):
+
+    dataset: data/textsql/train.jsonl       # a file, a saved HF dataset folder, a hub id, or a database:
+    dataset: data/shop.sqlite               #   a SQLite file (.sqlite/.sqlite3/.db) or any SQLAlchemy URL,
+    dataset: postgresql://ml@db.internal/shop
+    sql: train_questions                    #   with a table or view name, or a query (see pipelines/data/sql.py)
+    eval_sql: test_questions                # held-out rows from the same database (or set eval_dataset)
+    test_size: 0.1                          # without held-out rows: a fraction or a row count is split off,
+    test_split: last                        #   seeded-random (default), or the first/last rows (time order)
+    metrics_table: training_metrics         # database sources: also log the run's metrics to this table
+
+The same mapping (`columns`) applies to every kind of source. Row order matters for `test_split:
+first|last` and for a reproducible seeded split: files keep their order, a table is read in primary-key
+order, a view or query needs an ORDER BY.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from pipelines.data.sql import MetricsTable, database_url, load_sql, mask_passwords
 from pipelines.errors import UserError
 
 FILE_BUILDERS = {
@@ -25,6 +40,7 @@ FILE_BUILDERS = {
     ".txt": "text",
 }
 EVAL_SPLIT_NAMES = ("test", "validation", "eval")
+TEST_SPLITS = ("random", "first", "last")
 
 # Sources addressed as `<scheme>://...`; the annotation package registers "argilla".
 SCHEME_LOADERS: dict[str, Callable[[str], Dataset | DatasetDict]] = {}
@@ -42,11 +58,25 @@ class DataArguments:
 
     dataset: str | None = dataclasses.field(
         default=None,
-        metadata={"help": "Training data: HF dataset folder, a .json/.jsonl/.csv/.parquet/.txt file, or a hub id."},
+        metadata={
+            "help": "Training data: HF dataset folder, a .json/.jsonl/.csv/.parquet/.txt file, a hub id, or a "
+            "database: a .sqlite/.sqlite3/.db file or a SQLAlchemy URL (e.g. postgresql://user@host/db) with `sql`."
+        },
+    )
+    sql: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "When `dataset` is a database: the table or view to read, or a SELECT query."},
     )
     eval_dataset: str | None = dataclasses.field(
         default=None,
         metadata={"help": "Held-out data (same kinds as `dataset`); default: split from `dataset`."},
+    )
+    eval_sql: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Table, view or query of held-out rows, in `eval_dataset`'s database or, without "
+            "eval_dataset, in `dataset`'s (`--eval_dataset ''` unsets one a config sets)."
+        },
     )
     columns: str | None = dataclasses.field(
         default=None,
@@ -58,16 +88,45 @@ class DataArguments:
     )
     test_size: float = dataclasses.field(
         default=0.1,
-        metadata={"help": "Eval split when no eval_dataset is given: a fraction (<1) or a row count."},
+        metadata={"help": "Eval split when no held-out rows are given: a fraction (<1) or a row count."},
+    )
+    test_split: str = dataclasses.field(
+        default="random",
+        metadata={
+            "help": "Which rows test_size takes: random (seeded) | first | last (time-ordered data: hold out "
+            "the newest rows with last).",
+            "choices": TEST_SPLITS,
+        },
+    )
+    shuffle: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "max_train_samples takes a seeded random subset of the training rows (true) or the first N "
+            "in source order (false). The trainer still shuffles batches every epoch."
+        },
     )
     max_train_samples: int | None = dataclasses.field(
         default=None,
-        metadata={"help": "Keep only the first N training rows (after shuffling), to size a run."},
+        metadata={"help": "Keep only N training rows (see `shuffle`), to size a run."},
+    )
+    metrics_table: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "When `dataset` is a database: also write the run's metrics to this table there (created if "
+            "missing; one row per logged step: run_id, output_dir, step, logged_at, metrics JSON)."
+        },
     )
     system_prompt: str | None = dataclasses.field(
         default=None,
         metadata={"help": "System message put before every prompt (chat formats only)."},
     )
+
+    def __post_init__(self) -> None:
+        # YAML values skip argparse's `choices` and type checks: check them here (parse_config reports it)
+        if self.test_split not in TEST_SPLITS:
+            raise ValueError(f"test_split must be one of {', '.join(TEST_SPLITS)}, got {self.test_split!r}")
+        if self.test_size <= 0:
+            raise ValueError(f"test_size must be > 0 (a fraction below 1 or a row count), got {self.test_size}")
 
 
 def _check_utf8(path: Path) -> None:
@@ -115,15 +174,25 @@ def _load_dir(path: Path) -> Dataset | DatasetDict:
     return concatenate_datasets([_load_file(f) for f in files])
 
 
-def load_source(spec: str) -> Dataset | DatasetDict:
-    """Load rows from `spec`; every failure a user can cause becomes a one-line `UserError`."""
-    if "://" in spec:
-        scheme = spec.split("://", 1)[0]
-        if scheme not in SCHEME_LOADERS and scheme in SCHEME_PLUGINS:
-            importlib.import_module(SCHEME_PLUGINS[scheme])
+def load_source(spec: str, sql: str | None = None) -> Dataset | DatasetDict:
+    """Load rows from `spec` (for a database, the table, view or query `sql`); every failure a user can cause
+    becomes a one-line `UserError`."""
+    scheme = spec.split("://", 1)[0] if "://" in spec else None
+    if scheme is not None and scheme not in SCHEME_LOADERS and scheme in SCHEME_PLUGINS:
+        importlib.import_module(SCHEME_PLUGINS[scheme])
+    if scheme not in SCHEME_LOADERS and database_url(spec) is not None:
+        return load_sql(spec, sql)
+    if sql is not None:
+        raise UserError(
+            f"`sql` is set, but {mask_passwords(spec)!r} is not a database (a .sqlite/.db file or a SQLAlchemy URL)"
+        )
+    if scheme is not None:
         if scheme not in SCHEME_LOADERS:
             known = ", ".join(f"{s}://" for s in SCHEME_LOADERS) or "none registered"
-            raise UserError(f"unknown data source scheme {scheme}:// in {spec!r} (known: {known})")
+            raise UserError(
+                f"unknown data source scheme {scheme}:// in {mask_passwords(spec)!r} "
+                f"(known: {known}, and SQLAlchemy database URLs)"
+            )
         return SCHEME_LOADERS[scheme](spec)
     path = Path(spec).expanduser()
     if path.is_file():
@@ -142,15 +211,50 @@ def load_source(spec: str) -> Dataset | DatasetDict:
 
 def _non_empty(dataset: Dataset, spec: str) -> Dataset:
     if len(dataset) == 0:
-        raise UserError(f"no rows in {spec}")
+        raise UserError(f"no rows in {mask_passwords(spec)}")
     return dataset
 
 
+def split_off_test(rows: Dataset, test_size: float, test_split: str, seed: int, name: str) -> tuple[Dataset, Dataset]:
+    """Train and test rows: `test_size` rows (a fraction rounded up, or a count) taken at random or from an end."""
+    n_test = math.ceil(test_size * len(rows)) if test_size < 1 else int(test_size)
+    if not 0 < n_test < len(rows):
+        raise UserError(
+            f"{name} has {len(rows)} row(s): too few to split off an eval set of test_size {test_size:g}; "
+            "lower test_size or give held-out rows (eval_dataset / eval_sql)"
+        )
+    if test_split == "random":
+        split = rows.train_test_split(test_size=n_test, seed=seed)
+        return split["train"], split["test"]
+    n_train = len(rows) - n_test
+    if test_split == "first":
+        return rows.select(range(n_test, len(rows))), rows.select(range(n_test))
+    return rows.select(range(n_train)), rows.select(range(n_train, len(rows)))
+
+
+def log_metrics_to_table(args: DataArguments) -> None:
+    """`metrics_table`: every metrics record the runner logs also goes to that table of the data's database.
+
+    Registered here because every stage loads its data through `load_splits`; the runner calls the sink
+    wherever it appends to metrics.jsonl.
+    """
+    from accelerate import PartialState
+
+    from pipelines.runner.run import add_metrics_sink
+
+    if database_url(args.dataset or "") is None:
+        raise UserError(
+            f"metrics_table needs a database `dataset` (a .sqlite/.db file or a SQLAlchemy URL), got {args.dataset!r}"
+        )
+    add_metrics_sink(MetricsTable(args.dataset, args.metrics_table, PartialState().is_main_process))
+
+
 def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
-    """Train and eval rows: `eval_dataset`, else the source's own test split, else a seeded split."""
+    """Train and eval rows: `eval_dataset`/`eval_sql`, else the source's own test split, else `test_size` rows
+    taken as `test_split` says."""
     if not args.dataset:
         raise UserError("no training data: set `dataset` in the config or pass --dataset PATH")
-    loaded = load_source(args.dataset)
+    loaded = load_source(args.dataset, args.sql)
     eval_rows: Dataset | None = None
     if isinstance(loaded, DatasetDict):
         if "train" not in loaded:
@@ -158,18 +262,18 @@ def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
         eval_rows = next((loaded[name] for name in EVAL_SPLIT_NAMES if name in loaded), None)
         loaded = loaded["train"]
     train_rows = _non_empty(loaded, args.dataset)
-    if args.eval_dataset:
-        other = load_source(args.eval_dataset)
-        eval_rows = _non_empty(
-            other["train"] if isinstance(other, DatasetDict) else other,
-            args.eval_dataset,
-        )
+    if args.eval_dataset or args.eval_sql:
+        eval_spec = args.eval_dataset or args.dataset
+        other = load_source(eval_spec, args.eval_sql)
+        eval_rows = _non_empty(other["train"] if isinstance(other, DatasetDict) else other, eval_spec)
     if eval_rows is None:
-        test_size = int(args.test_size) if args.test_size >= 1 else args.test_size
-        if len(train_rows) < 2:
-            raise UserError(f"{args.dataset} has {len(train_rows)} row: too few to split off an eval set")
-        split = train_rows.train_test_split(test_size=test_size, seed=seed)
-        train_rows, eval_rows = split["train"], split["test"]
+        train_rows, eval_rows = split_off_test(
+            train_rows, args.test_size, args.test_split, seed, mask_passwords(args.dataset)
+        )
     if args.max_train_samples:
-        train_rows = train_rows.shuffle(seed=seed).select(range(min(args.max_train_samples, len(train_rows))))
+        if args.shuffle:
+            train_rows = train_rows.shuffle(seed=seed)
+        train_rows = train_rows.select(range(min(args.max_train_samples, len(train_rows))))
+    if args.metrics_table:
+        log_metrics_to_table(args)
     return train_rows, eval_rows

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
+from pipelines.data.sql import mask_passwords
 from pipelines.errors import UserError
 
 # Names of credentials (not e.g. `eos_token` or `max_new_tokens`, which are settings).
@@ -128,9 +129,11 @@ def redact(value: Any, key: str = "") -> Any:
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return mask_passwords(value)  # e.g. a database URL in `dataset`
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
-    return str(value)
+    return redact(str(value))
 
 
 def resolved_config(*configs: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,22 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
     return str(last) if last else None
 
 
+# Further destinations of every metrics record, e.g. a database table (`metrics_table`, added by
+# pipelines.data.sources.load_splits): called with the metrics.jsonl path and the record.
+METRICS_SINKS: list[Callable[[Path, dict[str, Any]], None]] = []
+
+
+def add_metrics_sink(sink: Callable[[Path, dict[str, Any]], None]) -> None:
+    METRICS_SINKS.append(sink)
+
+
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """One JSON object per logged step; appended and flushed so a killed run keeps what it logged."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+    for sink in METRICS_SINKS:
+        sink(path, record)
 
 
 class MetricsLogger(TrainerCallback):
