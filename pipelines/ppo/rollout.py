@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from pipelines.eval.generation import Messages, render_prompts
+from pipelines.eval.generation import Messages, decode, render_prompts
 
 
 @dataclasses.dataclass
@@ -77,20 +77,24 @@ def sample(
             queries["input_ids"][first : first + batch_size],
             queries["attention_mask"][first : first + batch_size],
         )
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature is not None,
-            temperature=temperature,
-            top_k=0 if temperature is not None else None,
-            top_p=1.0 if temperature is not None else None,
-            stop_strings=stop_strings,
-            tokenizer=tokenizer if stop_strings else None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        chunks.append(output[:, ids.shape[1] :])
+        if stop_strings:  # generate's stop-string matcher works on token ids, across token boundaries
+            output = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature is not None,
+                temperature=temperature,
+                top_k=0 if temperature is not None else None,
+                top_p=1.0 if temperature is not None else None,
+                stop_strings=stop_strings,
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            chunks.append(output[:, ids.shape[1] :])
+        else:
+            eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+            chunks.append(decode(model, ids, mask, max_new_tokens, temperature, eos, pad))
     width = max(c.shape[1] for c in chunks)
     response_ids = torch.cat(
         [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tokenizer.pad_token_id) for c in chunks]
