@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = find_dataset(client, args.dataset)
         kind = dataset_kind(dataset)
         if kind != args.kind:
-            raise UserError(f"{args.dataset} already exists as a {kind} dataset, not {args.kind}")
+            raise UserError(f"{args.dataset} already exists, of kind {kind}, not {args.kind}")
         update_dataset(dataset, kind, args.min_submitted)
         action = "updated"
     else:

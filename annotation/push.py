@@ -266,7 +266,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def send_records(
     client: rg.Argilla, dataset: rg.Dataset, records: list[dict[str, Any]], batch_size: int = BATCH_SIZE
 ) -> tuple[int, int]:
-    """Upsert `records` by `external_id`; returns (created, updated)."""
+    """Upsert `records` by `external_id`; returns (created, updated), counted from the dataset's size."""
     question_ids = {question.name: str(question.id) for question in dataset.settings.questions}
     http = client.api.http_client
     url = f"/api/v1/datasets/{dataset.id}/records/bulk"
@@ -278,23 +278,28 @@ def send_records(
         ]
         return {**record, "suggestions": suggestions}
 
-    def put(batch: Sequence[dict[str, Any]]) -> int:
+    def put(batch: Sequence[dict[str, Any]]) -> None:
         response = http.put(url, json={"items": [payload(record) for record in batch]})
         if response.status_code == 422:
             raise UserError(f"the server refused records of {dataset.name!r}: {response.text[:300]}")
         response.raise_for_status()
-        return len(response.json()["updated_item_ids"])
 
-    updated = 0
+    before = record_total(client, dataset)
     with (
         tqdm(total=len(records), desc=f"Pushing to {dataset.name}", unit="record") as bar,
         ThreadPoolExecutor(IN_FLIGHT) as pool,
     ):
         batches = list(_batches(records, batch_size))
-        for batch, count in zip(batches, pool.map(put, batches), strict=True):
-            updated += count
+        for batch, _ in zip(batches, pool.map(put, batches), strict=True):
             bar.update(len(batch))
-    return len(records) - updated, updated
+    created = record_total(client, dataset) - before  # Argilla 2.8 does not say which records it updated
+    return created, len(records) - created
+
+
+def record_total(client: rg.Argilla, dataset: rg.Dataset) -> int:
+    response = client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})
+    response.raise_for_status()
+    return int(response.json()["total"])
 
 
 @cli_entry
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = find_dataset(client, args.dataset) if not args.kind or dataset_exists(client, args.dataset) else None
     kind = dataset_kind(dataset) if dataset else args.kind
     if args.kind and args.kind != kind:
-        raise UserError(f"{args.dataset} is a {kind} dataset, not {args.kind}")
+        raise UserError(f"{args.dataset} is a dataset of kind {kind}, not {args.kind}")
     if records is None:
         records = build_records(load_rows(args.data), kind, args.columns, args.id_column, args.max_chars)
     if kind == "comparison" and dataset is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,241 @@ def test_push_errors_are_one_line_without_a_server(tmp_path: Path, cli, monkeypa
     error_line(*push[::2], "no Argilla server answers", "python -m annotation server start")
     error_line(*cli("export", "ws/d")[::2], "no Argilla server answers")
     error_line(*cli("pull", "ws")[::2], "expected workspace/dataset")
+
+
+# ---------------------------------------------------------------------------- against the real server
+
+
+@pytest.fixture
+def argilla_server(request: pytest.FixtureRequest):
+    """The session's embedded server (tests/conftest.py); these tests skip only where it is not defined."""
+    try:
+        return request.getfixturevalue("argilla_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py defines no `argilla_server` fixture yet")
+
+
+@pytest.fixture
+def owner(argilla_server, monkeypatch: pytest.MonkeyPatch):
+    """An owner's SDK client; the CLI (in process and in subprocesses) talks to the same server."""
+    import argilla as rg
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_server.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_server.api_key)
+    return rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.api_key)
+
+
+@pytest.fixture
+def ws() -> str:
+    """A workspace of its own for each test."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def total_records(owner, address: str) -> int:
+    dataset = owner.datasets(address.split("/")[1], workspace=address.split("/")[0])
+    response = owner.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})
+    response.raise_for_status()
+    return response.json()["total"]
+
+
+def pushed(cli, *argv: Any) -> dict[str, Any]:
+    code, out, err = cli("push", *argv)
+    assert code == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_push_twice_keeps_one_copy_of_each_record(cli, owner, ws: str, tmp_path: Path, write_qa_jsonl) -> None:
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", n=20)
+    assert pushed(cli, f"{ws}/qa", "--kind", "instruction", "--data", data)["created"] == 20
+    again = pushed(cli, f"{ws}/qa", "--data", data)  # the dataset now says its kind
+    assert (again["created"], again["updated"]) == (0, 20)
+    assert total_records(owner, f"{ws}/qa") == 20
+    no_ids = write_jsonl(tmp_path / "t.jsonl", [{"text": f"passage {i}", "source": "web"} for i in range(7)])
+    for _ in range(2):
+        pushed(cli, f"{ws}/corpus", "--kind", "text", "--data", no_ids)
+    assert total_records(owner, f"{ws}/corpus") == 7
+
+
+def test_push_errors_against_a_server(cli, owner, ws: str, tmp_path: Path, write_qa_jsonl, monkeypatch) -> None:
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", n=4)
+    error_line(*cli("push", f"{ws}/missing", "--data", data)[::2], "not found", "python -m annotation create")
+    pushed(cli, f"{ws}/qa", "--kind", "instruction", "--data", data)
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a passage"}])
+    error_line(
+        *cli("push", f"{ws}/qa", "--kind", "text", "--data", texts)[::2], "is a dataset of kind instruction, not text"
+    )
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    error_line(
+        *cli("push", f"{ws}/qa", "--data", pairs)[::2], "do not fit the instruction kind", "found prompt, chosen"
+    )
+    error_line(*cli("export", f"{ws}/nope")[::2], "dataset 'nope' not found in workspace", "qa")
+    dupes = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "text": "a"}, {"id": 1, "text": "b"}])
+    error_line(*cli("push", f"{ws}/never", "--kind", "text", "--data", dupes)[::2], "duplicate ids")
+    assert owner.datasets("never", workspace=ws) is None  # nothing half-written: not even the dataset
+    monkeypatch.setenv("ARGILLA_API_KEY", "not-the-key")
+    error_line(*cli("pull", f"{ws}/qa")[::2], "API key was rejected")
+
+
+def ranked(*ranks: int) -> list[dict[str, Any]]:
+    return [{"value": f"response_{i}", "rank": rank} for i, rank in enumerate(ranks, start=1)]
+
+
+def test_three_annotators_pull_and_export(cli, owner, ws: str, tmp_path: Path) -> None:
+    import argilla as rg
+
+    credentials = tmp_path / "annotators.json"
+    code, out, err = cli("users", "add", ws, f"{ws}a", f"{ws}b", f"{ws}c", "--credentials", credentials)
+    assert code == 0, err
+    saved = json.loads(credentials.read_text())
+    assert sorted(saved) == [f"{ws}a", f"{ws}b", f"{ws}c"] and credentials.stat().st_mode & 0o777 == 0o600
+    assert not any(entry["password"] in out for entry in saved.values())  # passwords go to the file only
+    rows = [
+        {"id": f"r{i}", "prompt": f"prompt r{i}", "response_1": f"r{i} one", "response_2": f"r{i} two"}
+        for i in (1, 2, 3, 4)
+    ]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    pushed(cli, f"{ws}/prefs", "--kind", "comparison", "--data", data, "--min_submitted", "3")
+    dataset = owner.datasets("prefs", workspace=ws)
+    assert dataset.settings.distribution.min_submitted == 3
+    a, b, c = (owner.users(f"{ws}{x}").id for x in "abc")
+    # The unit test's scenario (tests/test_annotation_unify.py): r2 is a 2-1 disagreement, r3 a tie.
+    answers = {
+        "r1": [(a, ranked(1, 2), None), (b, ranked(1, 2), None), (c, ranked(1, 2), "r1 better")],
+        "r2": [(a, ranked(2, 1), None), (b, ranked(2, 1), None), (c, ranked(1, 2), None)],
+        "r3": [(a, ranked(1, 2), None), (b, ranked(2, 1), None)],
+        "r4": [(a, ranked(1, 2), None)],
+    }
+    records = []
+    for row in rows:
+        responses = []
+        for user, ranking, better in answers[row["id"]]:
+            responses.append(rg.Response("ranking", ranking, user_id=user, status="submitted"))
+            if better:
+                responses.append(rg.Response("corrected_best", better, user_id=user, status="submitted"))
+        fields = {k: v for k, v in row.items() if k != "id"}
+        records.append(rg.Record(id=row["id"], fields=fields, responses=responses))
+    dataset.records.log(records)
+
+    code, out, err = cli("pull", f"{ws}/prefs", "--output", tmp_path / "pulled.jsonl")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["annotators"] == {
+        f"{ws}a": {"submitted": 4, "discarded": 0, "draft": 0},
+        f"{ws}b": {"submitted": 3, "discarded": 0, "draft": 0},
+        f"{ws}c": {"submitted": 2, "discarded": 0, "draft": 0},
+    }
+    assert summary["agreement"]["ranking"]["alpha"] == pytest.approx(0.0625, abs=1e-12)
+    assert summary["outcomes"] == {"accepted": 3, "discarded": 0, "unanswered": 0, "disagreement": 1}
+
+    code, out, err = cli("export", f"{ws}/prefs", "--output_dir", tmp_path / "export")
+    assert code == 0, err
+    exported = [json.loads(line) for line in (tmp_path / "export" / "v1" / "prefs.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["chosen"], r["rejected"]) for r in exported] == [
+        ("r1", "r1 better", "r1 one"),
+        ("r1", "r1 better", "r1 two"),
+        ("r1", "r1 one", "r1 two"),
+        ("r2", "r2 two", "r2 one"),
+        ("r4", "r4 one", "r4 two"),
+    ]
+    aside = (tmp_path / "export" / "v1" / "disagreements.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in aside] == ["r3"]
+
+
+def test_sft_trains_on_an_argilla_source(
+    cli, owner, ws: str, tmp_path: Path, run_cli, tiny_model, write_qa_jsonl
+) -> None:
+    import argilla as rg
+
+    from pipelines.data.sources import load_source
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", n=24)
+    pushed(cli, f"{ws}/qa", "--kind", "instruction", "--data", data)
+    dataset = owner.datasets("qa", workspace=ws)
+    me = owner.me.id
+    fixed = rg.Response("corrected_response", "Forty-two.", user_id=me, status="submitted")
+    rating = rg.Response("rating", 2, user_id=me, status="submitted")
+    gone = rg.Response("rating", 1, user_id=me, status="discarded")
+    dataset.records.log(
+        [
+            rg.Record(id="q0", fields={"instruction": "What is 0 plus 0?", "response": "0"}, responses=[fixed, rating]),
+            rg.Record(id="q1", fields={"instruction": "What is 1 plus 1?", "response": "2"}, responses=[gone]),
+        ]
+    )
+    rows = {row["id"]: row for row in load_source(f"argilla://{ws}/qa")}
+    assert len(rows) == 23 and "q1" not in rows  # discarded: left out
+    assert rows["q0"]["completion"] == "Forty-two."  # the correction replaces the response
+    assert rows["q2"] == {"id": "q2", "prompt": "What is 2 plus 2?", "completion": "4"}
+    out = tmp_path / "run"
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "What is 9 plus 9?", "completion": "18"}] * 2)
+    result = run_cli(
+        "pipelines.sft",
+        *("--config", "configs/sft/tiny.yaml", "--model_name_or_path", tiny_model),
+        *("--dataset", f"argilla://{ws}/qa", "--eval_dataset", evals),
+        *("--columns", ""),  # tiny.yaml maps question/answer; the Argilla rows are prompt/completion: detect
+        *("--output_dir", out, "--eval_generation_samples", 0, "--max_steps", 2),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == {"train_examples": 23, "eval_examples": 2}
+
+
+def login(url: str, username: str, password: str) -> dict[str, str]:
+    """An annotator's own session, the way the UI logs in."""
+    import httpx
+
+    response = httpx.post(f"{url}/api/v1/token", data={"username": username, "password": password})
+    response.raise_for_status()
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def test_an_annotator_cannot_read_a_workspace_it_is_not_in(cli, owner, argilla_server, ws: str, tmp_path: Path) -> None:
+    import httpx
+
+    data = write_jsonl(tmp_path / "t.jsonl", [{"text": "secret passage"}])
+    pushed(cli, f"{ws}/private", "--kind", "text", "--data", data)
+    pushed(cli, f"{ws}x/public", "--kind", "text", "--data", data)
+    credentials = tmp_path / "c.json"
+    assert cli("users", "add", f"{ws}x", f"{ws}out", "--credentials", credentials)[0] == 0
+    headers = login(argilla_server.url, f"{ws}out", json.loads(credentials.read_text())[f"{ws}out"]["password"])
+    private, public = owner.datasets("private", workspace=ws), owner.datasets("public", workspace=f"{ws}x")
+    with httpx.Client(base_url=argilla_server.url, headers=headers) as http:
+        assert http.get(f"/api/v1/datasets/{public.id}").status_code == 200  # logged in, in its own workspace
+        assert http.get(f"/api/v1/datasets/{private.id}").status_code == 403
+        assert http.post(f"/api/v1/me/datasets/{private.id}/records/search", json={}).status_code == 403
+
+
+def test_two_annotators_submit_25_records_each_in_parallel(
+    cli, owner, argilla_server, ws: str, tmp_path: Path, write_qa_jsonl
+) -> None:
+    import httpx
+
+    data = write_qa_jsonl(tmp_path / "qa.jsonl", n=25)
+    pushed(cli, f"{ws}/qa", "--kind", "instruction", "--data", data, "--min_submitted", "2")
+    credentials = tmp_path / "c.json"
+    assert cli("users", "add", ws, f"{ws}1", f"{ws}2", "--credentials", credentials)[0] == 0
+    passwords = json.loads(credentials.read_text())
+    dataset = owner.datasets("qa", workspace=ws)
+    listed = owner.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 100}).json()
+    record_ids = [item["id"] for item in listed["items"]]
+    assert len(record_ids) == 25
+    clients = [
+        httpx.Client(base_url=argilla_server.url, headers=login(argilla_server.url, name, passwords[name]["password"]))
+        for name in (f"{ws}1", f"{ws}2")
+    ]
+
+    def submit(job: tuple[int, str]) -> int:
+        who, record_id = job
+        body = {"values": {"rating": {"value": 1 + who * 3}}, "status": "submitted"}
+        return clients[who].post(f"/api/v1/records/{record_id}/responses", json=body).status_code
+
+    jobs = [(who, record_id) for record_id in record_ids for who in (0, 1)]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        codes = list(pool.map(submit, jobs))
+    for client in clients:
+        client.close()
+    assert codes == [201] * 50
+    code, out, err = cli("pull", f"{ws}/qa", "--output", tmp_path / "pulled.jsonl")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["annotators"] == {f"{ws}{n}": {"submitted": 25, "discarded": 0, "draft": 0} for n in (1, 2)}
+    assert summary["agreement"]["rating"]["pairwise_agreement"] == 0.0  # ratings 1 vs 4 everywhere
