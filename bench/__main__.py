@@ -1,6 +1,6 @@
-"""Run the SFT benchmarks in sequence, each in its own process; one line each, JSON in bench/results/.
+"""Run the benchmarks in sequence, each in its own process; one line each, JSON in bench/results/.
 
-python -m bench                          # all of them on SmolLM2-135M (~25 min on 2 cores)
+python -m bench                          # all of them on SmolLM2-135M (~60 min on 2 cores)
 python -m bench --quick                  # tiny-llama smoke test of the whole set (~2-4 min)
 python -m bench --only sft_vs_trl        # one (or several: --only packing,mfu)
 python -m bench.sft_vs_trl --help        # each benchmark is also a script with its own knobs
@@ -23,6 +23,9 @@ BENCHMARKS = {
     "multiprocess": "bench.multiprocess_sft",
     "mfu": "bench.mfu",
     "generation": "bench.generation",
+    "reward_vs_trl": "bench.reward_vs_trl",
+    "rollout": "bench.rollout",
+    "ppo_vs_trl": "bench.ppo_vs_trl",
 }
 
 
@@ -35,7 +38,7 @@ def parse_only(value: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Run the SFT benchmarks.")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmarks.")
     parser.add_argument("--only", type=parse_only, default=list(BENCHMARKS), help="comma-separated benchmark names")
     parser.add_argument("--quick", action="store_true", help="tiny-llama and few steps: smoke-test the whole set")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process, passed to each one")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from trl import TrlParser
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -26,6 +26,16 @@ class ScriptArguments:
     policy: str = dataclasses.field(metadata={"help": "SFT model folder (policy and reference)."})
     reward_model: str = dataclasses.field(metadata={"help": "Reward model folder (reward and value init)."})
     data: str = dataclasses.field(metadata={"help": "JSONL file with a question column."})
+
+
+class UpdateClock(TrainerCallback):
+    """Wall-clock time at every logged update (the trainer logs once per update with logging_steps 1)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_log(self, args, state, control, **kwargs) -> None:
+        self.times.append(time.perf_counter())
 
 
 def main() -> None:
@@ -53,12 +63,21 @@ def main() -> None:
         train_dataset=prompts,
         eval_dataset=prompts.select(range(config.per_device_eval_batch_size)),
     )
+    clock = UpdateClock()
+    trainer.add_callback(clock)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"train_seconds": seconds, "episodes": trainer.state.episode, "log_history": trainer.state.log_history}
+    trainer.save_model(str(out))  # the policy, for the held-out comparison
+    tokenizer.save_pretrained(out)
+    update_seconds = [t - previous for previous, t in zip([start, *clock.times], clock.times, strict=False)]
+    result = {
+        "train_seconds": seconds,
+        "episodes": trainer.state.episode,
+        "update_seconds": update_seconds,
+        "log_history": trainer.state.log_history,
+    }
     (out / "result.json").write_text(json.dumps(result))
     print(json.dumps({"train_seconds": seconds, "episodes_per_s": trainer.state.episode / seconds}))
 

@@ -1,6 +1,6 @@
 """ppo_vs_trl: PPO episodes/s of `python -m pipelines.ppo` vs trl==1.12.0's PPOTrainer, same run.
 
-    python -m bench.ppo_vs_trl                     # the demo's SFT + reward models, 8 updates × 16 episodes
+    python -m bench.ppo_vs_trl                     # the demo's SFT + reward models, A B B A, 5 updates × 16 episodes
     python -m bench.ppo_vs_trl --policy runs/x/sft --reward_model runs/x/reward --updates 6
     python -m bench.ppo_vs_trl --quick             # tiny-llama smoke test (random reward head)
 
@@ -10,9 +10,13 @@ built on first use. Both sides get the same policy, reference (= policy), value 
 from the reward model), reward model, prompts (data/textsql/train.jsonl questions, chat template),
 rollout batch (16 = 8 × 2 accumulation, one minibatch), PPO epochs, response length, temperature,
 KL coefficient and estimator, learning rate and seed (from configs/ppo/default.yaml).
-episodes/s = episodes / the training loop's wall time (model loading and evaluation excluded).
-Reward gain = mean rollout score of the last third of the updates minus the first third (TRL's
-`objective/scores`, the same key in our metrics.jsonl); with 16 episodes an update it is noisy.
+episodes/s = episodes / wall time of the updates after the first (model loading, evaluation and
+the first update's one-off costs excluded), per update as each side logs it; the runs alternate
+A B B A (this VM's CPU is shared: steal time comes in bursts) and each side's median is compared.
+Reward gain = held-out reward-model score of the final policy minus the starting policy's: the
+first run of each side and the start model answer the same held-out questions greedily
+(`python -m pipelines.eval compare`, which also reports execution accuracy and length). Training
+rollout scores are logged too, but they are not comparable: each side samples its own prompts.
 Target: ratio >= 1.5 with at least equal reward gain.
 """
 
@@ -36,9 +40,11 @@ from bench.common import (
     TINY,
     Recorder,
     Verdict,
+    abba,
     add_common_flags,
     apply_threads,
     loadavg,
+    median,
     model_path,
     read_jsonl,
     run_child,
@@ -125,6 +131,7 @@ def peer_config(s: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         "kl_coef": s["kl_coef"],
         "kl_estimator": s["kl_estimator"],
         "learning_rate": s["learning_rate"],
+        "adam_epsilon": 1e-5,  # pipelines.ppo's default
         "cliprange": s["cliprange"],
         "cliprange_value": s["cliprange_value"],
         "vf_coef": s["vf_coef"],
@@ -162,6 +169,16 @@ def our_flags(s: dict[str, Any], output_dir: Path) -> list[str]:
     return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
 
 
+def compare_held_out(tmp: Path, start: str, reward_model: str, ours: Path, peer: Path) -> dict[str, Any]:
+    """Held-out metrics of the start policy and each side's final policy (same questions, greedy)."""
+    out = tmp / "comparison"
+    cmd = [PYTHON, "-m", "pipelines.eval", "compare", "--models", start, str(ours), str(peer)]
+    cmd += ["--names", "start", "ours", "peer", "--reward_model", reward_model, "--samples", "32"]
+    cmd += ["--output_dir", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "comparison.json").read_text())["metrics"]
+
+
 def reward_gain(scores: list[float]) -> float:
     third = max(1, len(scores) // 3)
     return sum(scores[-third:]) / third - sum(scores[:third]) / third
@@ -175,15 +192,15 @@ def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> di
     load = loadavg()
     wall = run_child(cmd, tmp / "ours.log", "pipelines.ppo")
     summary = json.loads((out / "summary.json").read_text())
-    scores = [row["objective/scores"] for row in read_jsonl(out / "metrics.jsonl")]
-    seconds = summary["train"]["train_runtime"] if "train" in summary else summary["train_runtime"]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    seconds = [s["rollout_batch_size"] / row["episodes_per_second"] for row in metrics]
     return {
         "command": shlex.join(cmd),
         "wall_s": round(wall, 1),
         "loadavg": load,
-        "train_seconds": seconds,
-        "episodes": s["updates"] * s["rollout_batch_size"],
-        "scores": scores,
+        "train_seconds": summary["train"]["train_runtime"] if "train" in summary else summary["train_runtime"],
+        "update_seconds": seconds,
+        "scores": [row["objective/scores"] for row in metrics],
     }
 
 
@@ -195,14 +212,13 @@ def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> di
     load = loadavg()
     wall = run_child(cmd, tmp / "peer.log", "trl 1.12 PPO")
     result = json.loads((out / "result.json").read_text())
-    scores = [row["objective/scores"] for row in result["log_history"] if "objective/scores" in row]
     return {
         "command": shlex.join(cmd),
         "wall_s": round(wall, 1),
         "loadavg": load,
         "train_seconds": result["train_seconds"],
-        "episodes": result["episodes"],
-        "scores": scores,
+        "update_seconds": result["update_seconds"],
+        "scores": [row["objective/scores"] for row in result["log_history"] if "objective/scores" in row],
     }
 
 
@@ -211,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     add_common_flags(parser)
     parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
     parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
-    parser.add_argument("--updates", type=int, default=None, help="PPO updates per side (default 8; quick 2)")
+    parser.add_argument("--updates", type=int, default=None, help="PPO updates per run (default 5; quick 2)")
+    parser.add_argument("--reps", type=int, default=None, help="A/B pairs: 2 gives A B B A (quick: 1)")
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     if args.quick:
@@ -220,29 +237,44 @@ def main(argv: list[str] | None = None) -> None:
         policy, reward_model = args.policy, args.reward_model
     else:
         policy, reward_model = default_models()
-    settings = shared_settings(args.updates or (2 if args.quick else 8), args.quick)
+    settings = shared_settings(args.updates or (2 if args.quick else 5), args.quick)
     peer_python()  # built before any timing
     recorder = Recorder(NAME, args.quick)
+    order = abba(args.reps or (1 if args.quick else 2), "ours", "peer")
+    runs = []
     with tempfile.TemporaryDirectory(prefix="bench-ppo-vs-trl-") as tmp_name:
-        tmp = Path(tmp_name)
-        peer = run_peer(tmp, policy, reward_model, settings)
-        runs = {"peer": peer, "ours": run_ours(tmp, policy, reward_model, settings)}
-    for side, record in runs.items():
-        record["episodes_per_s"] = record["episodes"] / record["train_seconds"]
-        record["reward_gain"] = reward_gain(record["scores"])
-        print(f"  {side:<5} {record['episodes_per_s']:.3f} episodes/s, reward gain {record['reward_gain']:+.3f}")
-    ours, peer = runs["ours"], runs["peer"]
-    gain_ok = ours["reward_gain"] >= peer["reward_gain"]
+        for i, side in enumerate(order):
+            tmp = Path(tmp_name) / f"run-{i}"
+            tmp.mkdir()
+            record = (run_ours if side == "ours" else run_peer)(tmp, policy, reward_model, settings)
+            steady = record["update_seconds"][1:]
+            record |= {"side": side, "rollout_score_gain": reward_gain(record["scores"])}
+            record["steady_episodes_per_s"] = len(steady) * settings["rollout_batch_size"] / sum(steady)
+            print(
+                f"  run {i + 1}/{len(order)} {side:<4} {record['steady_episodes_per_s']:.3f} episodes/s "
+                f"(updates 2-{len(record['update_seconds'])})",
+                flush=True,
+            )
+            runs.append(record)
+        first = {name: Path(tmp_name) / f"run-{order.index(name)}" / name for name in ("ours", "peer")}
+        held_out = compare_held_out(Path(tmp_name), policy, reward_model, first["ours"], first["peer"])
+
+    def side(name: str, key: str) -> float:
+        return median([r[key] for r in runs if r["side"] == name])
+
+    gains = {name: held_out[name]["reward_mean"] - held_out["start"]["reward_mean"] for name in ("ours", "peer")}
+    gain_ok = gains["ours"] >= gains["peer"]
+    episodes = settings["updates"] * settings["rollout_batch_size"]
     verdict = Verdict(
         NAME,
         "pipelines.ppo",
-        ours["episodes_per_s"],
+        side("ours", "steady_episodes_per_s"),
         "trl 1.12 PPOTrainer",
-        peer["episodes_per_s"],
+        side("peer", "steady_episodes_per_s"),
         "episodes/s",
         TARGET,
-        note=f"reward gain {ours['reward_gain']:+.2f} vs {peer['reward_gain']:+.2f} "
-        f"({'>=' if gain_ok else '<'}) over {ours['episodes']} episodes",
+        note=f"median of {len(order) // 2} run(s) each; reward gain {gains['ours']:+.2f} vs {gains['peer']:+.2f} "
+        f"({'>=' if gain_ok else '<'}) on held-out questions after {episodes} episodes",
     )
     recorder.finish(
         verdict,
@@ -250,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
             "policy": policy,
             "reward_model": reward_model,
             "settings": settings,
+            "order": order,
+            "held_out": held_out,
+            "held_out_reward_gain": gains,
             "reward_gain_at_least_equal": gain_ok,
             "runs": runs,
         },

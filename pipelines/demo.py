@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2))
     print("\n=== demo done in " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-    print(f"results: {run_dir} (comparison/comparison.md for the side-by-side table)")
+    print(f"results: {run_dir} (comparison/generations.md: the side-by-side table)")
 
 
 if __name__ == "__main__":

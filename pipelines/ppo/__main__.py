@@ -24,6 +24,7 @@ from trl import ModelConfig
 
 from pipelines.data.formats import to_prompts
 from pipelines.data.sources import DataArguments, load_splits
+from pipelines.data.sql import mask_passwords
 from pipelines.errors import release_output_dir
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.plots import plot_curves
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     train_prompts = to_prompts(train_rows, data_args.columns, data_args.system_prompt)
     eval_prompts = to_prompts(eval_rows, data_args.columns, data_args.system_prompt)[: config.eval_prompts]
     if not train_prompts:
-        raise UserError(f"no prompts in {data_args.dataset}")
+        raise UserError(f"no prompts in {mask_passwords(str(data_args.dataset))}")
 
     state = PartialState()
     reward, reward_shares_tokenizer = load_reward(

@@ -35,6 +35,8 @@ class PPOConfig(TrainingArguments):
         default=None,
         metadata={"help": "Frozen reference (default: the initial policy; with LoRA, its adapter-disabled base)."},
     )
+    # Optimizer: TrainingArguments' `optim` (fused AdamW by default); PPO's customary larger epsilon
+    adam_epsilon: float = dataclasses.field(default=1e-5, metadata={"help": "AdamW epsilon (PPO custom: 1e-5)."})
     # Rollouts
     rollout_batch_size: int = dataclasses.field(default=16, metadata={"help": "Prompts per update, per process."})
     ppo_epochs: int = dataclasses.field(default=4, metadata={"help": "Passes over each rollout batch."})

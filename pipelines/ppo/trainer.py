@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedTokenizerBase, Trainer, get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -29,7 +29,7 @@ from pipelines.eval.generation import Messages
 from pipelines.ppo import core
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import RewardSource
-from pipelines.ppo.rollout import Rollout, forward, sample, token_values
+from pipelines.ppo.rollout import Rollout, forward, micro_batches, sample, token_values
 from pipelines.runner.run import METRICS_FILE, append_metrics
 
 STATE_FILE = "ppo_state.json"
@@ -114,7 +114,9 @@ class PPOTrainer:
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(config.gradient_checkpointing_kwargs)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, weight_decay=config.weight_decay)
+        # The optimizer a Trainer stage would build from the same arguments (`optim`: fused AdamW by default).
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
+        optimizer = optimizer_cls(params, weight_decay=config.weight_decay, **optimizer_kwargs)
         scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, config.max_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         self.ref_policy = ref_policy.to(self.accelerator.device).eval() if ref_policy is not None else None
@@ -171,16 +173,15 @@ class PPOTrainer:
                 config.generation_batch_size,
                 config.stop_strings,
             )
-        chunk = config.per_device_train_batch_size
-        logprobs, ref_logprobs, values = [], [], []
-        unwrapped = self._unwrapped()
-        for first in range(0, len(prompts), chunk):
-            part = rollout.select(torch.arange(first, min(first + chunk, len(prompts))))
-            logprobs.append(forward(unwrapped.policy, part, config.temperature)[1])
-            ref_logprobs.append(self._reference_logprobs(part))
-            values.append(token_values(unwrapped.value, part))
-        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
         mask = rollout.response_mask.float()
+        logprobs, ref_logprobs, values = (torch.zeros_like(mask) for _ in range(3))
+        unwrapped = self._unwrapped()
+        for index in micro_batches(rollout, torch.arange(len(prompts)), config.per_device_train_batch_size):
+            part = rollout.select(index)
+            width = part.response_ids.shape[1]
+            logprobs[index, :width] = forward(unwrapped.policy, part, config.temperature)[1]
+            ref_logprobs[index, :width] = self._reference_logprobs(part)
+            values[index, :width] = token_values(unwrapped.value, part)
         raw_scores = self._score(rollout)
         scores = raw_scores.clone()
         if config.missing_eos_penalty is not None:  # N+ #23: penalise responses that never end
@@ -226,19 +227,21 @@ class PPOTrainer:
         for _ in range(config.ppo_epochs):
             order = torch.randperm(size)
             for start in range(0, size, minibatch):
-                for first in range(start, start + minibatch, micro):
-                    index = order[first : first + micro]
+                for index in micro_batches(batch["rollout"], order[start : start + minibatch], micro):
                     part = batch["rollout"].select(index)
-                    mask = batch["mask"][index]
+                    width = part.response_ids.shape[1]
+                    keys = ("mask", "logprobs", "advantages", "values", "returns")
+                    old = {key: batch[key][index, :width] for key in keys}
+                    mask = old["mask"]
                     with self.accelerator.accumulate(self.model):
                         logits, logprobs, values = self.model(
                             part.query_ids, part.query_mask, part.response_ids, part.response_mask, config.temperature
                         )
                         pg_loss, pg_stats = core.policy_loss(
-                            logprobs, batch["logprobs"][index], batch["advantages"][index], mask, config.cliprange
+                            logprobs, old["logprobs"], old["advantages"], mask, config.cliprange
                         )
                         vf_loss, vf_stats = core.value_loss(
-                            values, batch["values"][index], batch["returns"][index], mask, config.cliprange_value
+                            values, old["values"], old["returns"], mask, config.cliprange_value
                         )
                         loss = pg_loss + config.vf_coef * vf_loss
                         self.accelerator.backward(loss)

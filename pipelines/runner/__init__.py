@@ -2,7 +2,7 @@
 
 from pipelines.errors import UserError, cli_entry
 from pipelines.runner.config import RunArguments, parse_config
-from pipelines.runner.modeling import load_model, load_tokenizer, lora_config
+from pipelines.runner.modeling import load_model, load_tokenizer, lora_config, score_labelled_tokens_only
 from pipelines.runner.run import (
     MetricsLogger,
     stage_defaults,
@@ -20,6 +20,7 @@ __all__ = [
     "load_tokenizer",
     "lora_config",
     "parse_config",
+    "score_labelled_tokens_only",
     "stage_defaults",
     "start_run",
     "train_evaluate_save",

@@ -111,3 +111,18 @@ def export_merged(adapter_dir: Path, merged_dir: Path) -> Path:
     merged.save_pretrained(merged_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(merged_dir)
     return merged_dir
+
+
+def score_labelled_tokens_only() -> None:
+    """Make TRL's fused LM head (SFT loss) project only the positions that carry a label, on CPU too.
+
+    TRL 1.16 scores every position (prompt and padding included) unless Triton runs the kernel, to
+    keep tile shapes fixed for compiled backends; in eager mode on CPU that only costs: with
+    completion-only loss most positions are prompt, and the head is a fifth of SmolLM2's FLOPs.
+    The compact path is TRL's own (the one it takes on GPUs); this selects it.
+    """
+    from trl.trainer import utils as trl_utils
+
+    if hasattr(trl_utils, "_use_triton"):
+        on_gpu = trl_utils._use_triton
+        trl_utils._use_triton = lambda device: device.type == "cpu" or on_gpu(device)

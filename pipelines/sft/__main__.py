@@ -40,6 +40,7 @@ from pipelines.runner import (
     load_tokenizer,
     lora_config,
     parse_config,
+    score_labelled_tokens_only,
     stage_defaults,
     start_run,
     train_evaluate_save,
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     model = load_model(model_args.model_name_or_path, model_args, training_args.bf16)
-
+    score_labelled_tokens_only()
     trainer = SFTTrainer(
         model=model,
         args=training_args,
