@@ -12,7 +12,7 @@ do. The one derived structure is a full-text index (SQLite FTS5) that triggers o
 in step inside the same transaction as the write, so a kill -9 can never leave it behind the data.
 
 FTS rows: one per (record, field); rowid = doc * 256 + the field's position in its dataset, where
-`doc` is a stable integer per record (`annotation_search_docs`), so a record's rows are one rowid
+`doc` is a stable integer per record (`annotation_search_docs`, never reused), so its rows are one rowid
 range. Text queries follow Elasticsearch's `simple_query_string` as Argilla uses it: terms are
 ANDed, `|` is OR, `+` AND, `-` NOT, `"..."` a phrase, `word*` a prefix, parentheses group; a
 record matches when its fields (or the named field) match, across fields. Vector similarity is an
@@ -79,7 +79,7 @@ _REINDEX_NEW = (
 )
 
 SCHEMA = [
-    f"CREATE TABLE IF NOT EXISTS {DOCS} (doc INTEGER PRIMARY KEY, record_id CHAR(32) NOT NULL UNIQUE, "
+    f"CREATE TABLE IF NOT EXISTS {DOCS} (doc INTEGER PRIMARY KEY AUTOINCREMENT, record_id CHAR(32) NOT NULL UNIQUE, "
     "dataset_id CHAR(32) NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS ix_{DOCS}_dataset_id ON {DOCS} (dataset_id)",
     f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT} USING fts5(content, tokenize = 'unicode61 remove_diacritics 2')",
@@ -93,7 +93,7 @@ SCHEMA = [
     JOIN json_each(r.fields) je ON je.key = f.name
     WHERE {_FIELD_POSITION} < {FIELD_SLOTS}""",
     f"""CREATE TRIGGER IF NOT EXISTS annotation_search_records_insert AFTER INSERT ON records BEGIN
-    INSERT INTO {DOCS}(record_id, dataset_id) VALUES (NEW.id, NEW.dataset_id);
+    INSERT OR REPLACE INTO {DOCS}(record_id, dataset_id) VALUES (NEW.id, NEW.dataset_id);
     {_REINDEX_NEW}
     END""",
     f"""CREATE TRIGGER IF NOT EXISTS annotation_search_records_update AFTER UPDATE OF fields ON records BEGIN

@@ -200,7 +200,9 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def _port_free(port: int) -> bool:
+    """Free for a server to listen on (connections of a stopped one in TIME_WAIT do not count, as for uvicorn)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -248,13 +250,16 @@ def _redis_ready(port: int) -> bool:
 
 
 def _wait_for(check: Any, process: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it passes; a gap over 5 s between polls (a suspended machine) counts as 5 s."""
+    waited, last = 0.0, time.monotonic()
     while not check():
         if process.poll() is not None:
             raise UserError(
                 f"{what} exited during start-up ({_last_line(log)}): see `python -m annotation server logs`"
             )
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        waited, last = waited + min(now - last, 5.0), now
+        if waited > timeout:
             raise UserError(
                 f"{what} did not answer within {timeout:.0f} s: see `python -m annotation server logs` "
                 "(or give it longer with --timeout)"
@@ -358,7 +363,9 @@ def start(args: argparse.Namespace) -> int:
         print(f"already running at {state.url} (var dir {paths.home})")
         return 0
     if running:
-        print(f"server: found {', '.join(sorted(running))} left running without the rest: restarting everything")
+        missing = ", ".join(sorted(set(SERVICES) - set(running)))
+        problem = f"{missing} stopped" if missing else "the server does not answer"
+        print(f"server: {problem} ({', '.join(sorted(running))} still running): restarting everything")
         _stop_processes(state)
         state.save(paths)
     redis = shutil.which("redis-server")

@@ -160,3 +160,67 @@ def tiny_sft_args(tiny_model: Path, qa_data: dict[str, Path]) -> Callable[..., l
         ]
 
     return args
+
+
+# ---------------------------------------------------------------------------- the embedded Argilla server
+
+import socket  # noqa: E402 - this section was appended to the file
+from collections.abc import Iterator  # noqa: E402
+
+
+class ArgillaServer:
+    """The session's embedded Argilla server (see the `argilla_server` fixture)."""
+
+    username = "argilla"
+
+    def __init__(self, var_dir: Path, port: int) -> None:
+        self.var_dir = var_dir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_key = ""
+        self.password = ""
+
+    def run_server(self, *args: Any, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`python -m annotation server <args>` for this var dir (never an ARGILLA_API_URL server)."""
+        env = {k: v for k, v in cli_env().items() if k not in ("ARGILLA_API_URL", "ARGILLA_API_KEY")}
+        env["ANNOTATION_HOME"] = str(self.var_dir)
+        return subprocess.run(
+            cli_command("annotation", "server", *args),
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> subprocess.CompletedProcess[str]:
+        """(Re)start on the same port, so `url` stays valid."""
+        return self.run_server("start", "--port", self.port, "--timeout", 300)
+
+
+@pytest.fixture(scope="session")
+def argilla_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArgillaServer]:
+    """One embedded Argilla server for the whole session, in a temp var dir on free ports.
+
+    Started with `python -m annotation server start` (the first use on a machine installs the
+    server's venv, about a minute) and stopped at the end. Gives `.url`, the owner's `.api_key`,
+    `.password` and `.username` ("argilla"), `.var_dir`, and `.run_server(*args)` to run
+    `python -m annotation server ...` against it. A test that stops it must `.start()` it again
+    (same URL and key). Use it through `.url`/`.api_key`; never through ARGILLA_API_URL defaults.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ArgillaServer(tmp_path_factory.mktemp("argilla") / "var", port)
+    try:
+        started = server.start()
+    except subprocess.TimeoutExpired as err:
+        started = subprocess.CompletedProcess(err.cmd, -1, str(err.stdout or ""), f"timed out after {err.timeout} s")
+    if started.returncode != 0:
+        server.run_server("stop")  # whatever it had started
+        pytest.fail(f"the embedded Argilla server did not start:\n{started.stdout}{started.stderr}", pytrace=False)
+    server.api_key = (server.var_dir / "owner-api-key").read_text().strip()
+    server.password = (server.var_dir / "owner-password").read_text().strip()
+    yield server
+    server.run_server("stop")
