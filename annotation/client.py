@@ -38,7 +38,7 @@ def _local_server() -> tuple[str, str]:
         status: dict[str, Any] = json.loads(done.stdout)
     except ValueError:
         status = {}
-    key_file = next((v for k, v in status.items() if k.endswith("key_file") and v), None)
+    key_file = status.get("api_key_file")
     if not status.get("url") or not status.get("healthy") or not key_file:
         raise UserError(f"no Argilla server is running: {START_HINT}")
     return str(status["url"]), _read_key(Path(key_file))

@@ -53,12 +53,14 @@ from annotation.unify import (
     outcome_counts,
     unify,
 )
+from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
 from pipelines.errors import UserError, cli_entry
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
 SFT_FORMATS = ("prompt-completion", "messages")
 DEFAULT_OUTPUT_ROOT = Path("data") / "annotated"
+PROMPT_ROLES = {schemas.INSTRUCTION: schemas.INSTRUCTION, schemas.CONTEXT: schemas.CONTEXT}
 
 
 @dataclasses.dataclass
@@ -154,14 +156,7 @@ def build_export(kind: str, records: Sequence[PulledRecord], config: ExportConfi
             rows.append({"id": record.id, "text": fields[schemas.CONTENT]})
         elif kind == "instruction":
             response = item.correction if use_corrections and item.correction else fields[schemas.RESPONSE]
-            rows.append(
-                {
-                    "id": record.id,
-                    schemas.INSTRUCTION: fields[schemas.INSTRUCTION],
-                    schemas.CONTEXT: fields.get(schemas.CONTEXT) or "",
-                    schemas.RESPONSE: response,
-                }
-            )
+            rows.append(_sft_row(record.id, fields, response, config.format))
         else:
             candidates, ranks = _candidate_texts(record), list(item.ranks or [])
             if use_corrections and item.correction:
@@ -173,30 +168,16 @@ def build_export(kind: str, records: Sequence[PulledRecord], config: ExportConfi
                 {"id": record.id, "prompt": fields[schemas.PROMPT], "chosen": chosen, "rejected": rejected}
                 for chosen, rejected, _ in pairs
             ]
-    if kind == "instruction":
-        rows = _sft_rows(rows, config.format)
     return Export(rows, left_out, unified)
 
 
-def _sft_rows(rows: list[dict[str, Any]], shape: str) -> list[dict[str, Any]]:
-    """Instruction rows in the SFT stage's own prompt layout (pipelines.data.formats), then `shape`."""
-    if not rows:
-        return []
-    from datasets import Dataset
-
-    from pipelines.data.formats import to_training_format
-
-    roles = {role: role for role in (schemas.INSTRUCTION, schemas.CONTEXT, schemas.RESPONSE)}
-    chats = to_training_format(Dataset.from_list(rows), roles)
+def _sft_row(record_id: str, fields: dict[str, Any], response: str, shape: str) -> dict[str, Any]:
+    """One instruction record in the SFT stage's own prompt layout (instruction, then "Context:")."""
+    prompt = _user_prompt(fields, PROMPT_ROLES)
     if shape == "messages":
-        return [
-            {"id": row["id"], "messages": prompt + completion}
-            for row, prompt, completion in zip(rows, chats["prompt"], chats["completion"], strict=True)
-        ]
-    return [
-        {"id": row["id"], "prompt": prompt[-1]["content"], "completion": completion[0]["content"]}
-        for row, prompt, completion in zip(rows, chats["prompt"], chats["completion"], strict=True)
-    ]
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return {"id": record_id, "messages": messages}
+    return {"id": record_id, "prompt": prompt, "completion": response}
 
 
 def report(

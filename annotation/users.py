@@ -5,7 +5,7 @@
     python -m annotation users list demo
 
 New users get a random password, written (never printed) to the credentials file, mode 0600
-(default var/annotators.json, `--credentials FILE`); they log in to the UI with it. A user that
+(default `annotators.json` in the server's var dir, `--credentials FILE`); they log in to the UI with it. A user that
 already exists is only added to the workspace. How many annotators answer each record is the
 dataset's overlap: `python -m annotation create ws/dataset --kind K --min_submitted N`.
 """
@@ -23,7 +23,6 @@ from annotation.client import connect
 from pipelines.errors import UserError, cli_entry
 
 ROLES = ("annotator", "admin", "owner")
-DEFAULT_CREDENTIALS = Path("var") / "annotators.json"
 
 
 def _save_credentials(path: Path, new: dict[str, dict[str, Any]]) -> None:
@@ -37,9 +36,13 @@ def _save_credentials(path: Path, new: dict[str, dict[str, Any]]) -> None:
     os.replace(partial, path)
 
 
-def add_users(
-    workspace_name: str, usernames: list[str], role: str = "annotator", credentials: Path = DEFAULT_CREDENTIALS
-) -> dict[str, str]:
+def default_credentials() -> Path:
+    from annotation.server import home_dir
+
+    return home_dir() / "annotators.json"
+
+
+def add_users(workspace_name: str, usernames: list[str], role: str, credentials: Path) -> dict[str, str]:
     """Create missing users with random passwords and add every one to the workspace; username -> action."""
     import argilla as rg
     from argilla._exceptions import ArgillaAPIError
@@ -93,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("workspace")
     add.add_argument("usernames", nargs="+")
     add.add_argument("--role", choices=ROLES, default="annotator")
-    add.add_argument("--credentials", type=Path, default=DEFAULT_CREDENTIALS, help="0600 JSON file for new passwords")
+    add.add_argument("--credentials", type=Path, help="0600 JSON file for new passwords (default: in the var dir)")
     show = commands.add_parser("list", help="the users of a workspace")
     show.add_argument("workspace")
     args = parser.parse_args(argv)
     if args.command == "add":
-        actions = add_users(args.workspace, args.usernames, args.role, args.credentials)
-        print(json.dumps({"workspace": args.workspace, "users": actions, "credentials": str(args.credentials)}))
+        credentials = args.credentials or default_credentials()
+        actions = add_users(args.workspace, args.usernames, args.role, credentials)
+        print(json.dumps({"workspace": args.workspace, "users": actions, "credentials": str(credentials)}))
     else:
         print(json.dumps({"workspace": args.workspace, "users": list_users(args.workspace)}))
     return 0
