@@ -227,16 +227,26 @@ def _choose_port(explicit: int | None, previous: int | None, default: int | None
     return _free_port()
 
 
-def _spawn(state: State, paths: Paths, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _spawn(
+    state: State, paths: Paths, name: str, command: list[str], env: dict[str, str], stdin: str | None = None
+) -> subprocess.Popen:
     """Start a service in its own session (so `stop` ends its whole process group) and record it at once."""
     import psutil
 
     with paths.log(name).open("ab") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     state.processes[name] = {"pid": process.pid, "created": psutil.Process(process.pid).create_time()}
     state.save(paths)
+    if process.stdin is not None:
+        with process.stdin:  # secrets go through a pipe: never on a command line or in a log
+            process.stdin.write(stdin.encode())
     return process
 
 
@@ -398,33 +408,21 @@ def _start_services(state: State, paths: Paths, redis: str, python: Path, timeou
     process = _spawn(state, paths, "redis", [*redis_command, "--save", "60 1", "--appendonly", "no"], env)
     _wait_for(lambda: _redis_ready(state.redis_port), process, 15, "Redis", paths.log("redis"))
 
-    owner = None
-    if not paths.key_file.is_file():
-        owner = {"api_key": secrets.token_urlsafe(32), "password": secrets.token_urlsafe(12)}
-    with paths.log("prepare").open("ab") as log:
-        done = subprocess.run(
-            [str(python), "-m", "annotation.server_app", "prepare"],
-            input=json.dumps(owner).encode(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise UserError(
-            f"preparing the database failed ({_last_line(paths.log('prepare'))}): see {paths.log('prepare')}"
-        )
-    if owner is not None:
-        _write_secret(paths.key_file, owner["api_key"])
-        _write_secret(paths.password_file, owner["password"])
-        password = owner["password"]
-        print(
-            f"server: created the owner {OWNER!r} with password {password} (shown once; also in {paths.password_file})"
-        )
-
+    replace = not (paths.key_file.is_file() and paths.password_file.is_file())
+    if replace:
+        _write_secret(paths.key_file, secrets.token_urlsafe(32))
+        _write_secret(paths.password_file, secrets.token_urlsafe(12))
+        password = paths.password_file.read_text().strip()
+        print(f"server: owner {OWNER!r}, password {password} (shown once; also in {paths.password_file})")
+    owner = {
+        "api_key": paths.key_file.read_text().strip(),
+        "password": paths.password_file.read_text().strip(),
+        "replace": replace,  # new files: an existing owner (whose files were lost) gets these credentials
+    }
     app = [str(python), "-m", "annotation.server_app"]
-    server = _spawn(state, paths, "server", [*app, "serve", "--host", state.host, "--port", str(state.port)], env)
     _spawn(state, paths, "worker", [*app, "worker"], env)
+    serve = [*app, "serve", "--host", state.host, "--port", str(state.port)]
+    server = _spawn(state, paths, "server", serve, env, stdin=json.dumps(owner))
     _wait_for(lambda: _healthy(state.url), server, timeout, f"the Argilla server at {state.url}", paths.log("server"))
 
 
@@ -490,7 +488,7 @@ def _print_status(report: dict[str, Any]) -> None:
 
 def logs(args: argparse.Namespace) -> int:
     paths = Paths(home_dir(args.home))
-    files = [paths.log(name) for name in ("server", "worker", "redis", "prepare") if paths.log(name).is_file()]
+    files = [paths.log(name) for name in ("server", "worker", "redis") if paths.log(name).is_file()]
     if not files:
         raise UserError(f"no logs in {paths.logs}: the server was never started there ({START_HINT})")
     for path in files:

@@ -1,8 +1,11 @@
 """What the launcher (annotation/server.py) runs inside the Argilla server's own venv.
 
-    python -m annotation.server_app prepare    # migrate, text index, owner (JSON on stdin)
-    python -m annotation.server_app serve --host 127.0.0.1 --port 6900
+    python -m annotation.server_app serve --host 127.0.0.1 --port 6900 < owner.json
     python -m annotation.server_app worker
+
+`serve` first brings the database up to date (Argilla's migrations, the engine's text index, the
+owner whose API key and password it reads as JSON on stdin, never from the command line), then serves
+the API and UI: one Python start-up instead of two.
 
 The stock `python -m argilla_server start|worker` cannot load a custom search engine: each entry
 here imports `annotation.search_engine` first, which registers it for `ARGILLA_SEARCH_ENGINE`. The
@@ -22,8 +25,8 @@ from annotation import search_engine
 OWNER = "argilla"  # Argilla's default owner and workspace names, which its docs and SDK examples use
 
 
-def prepare(owner: dict | None) -> None:
-    """Bring the database to Argilla's schema plus the engine's text index; set the owner's key and password."""
+def prepare(owner: dict) -> None:
+    """Bring the database to Argilla's schema plus the engine's text index; make sure the owner exists."""
     from argilla_server.cli.database.migrate import migrate_db
     from argilla_server.database import sync_engine
 
@@ -35,12 +38,13 @@ def prepare(owner: dict | None) -> None:
         rebuilt = search_engine.ensure_schema(connection)
     if rebuilt:
         print(f"rebuilt the text index of {rebuilt} dataset(s)")
-    if owner is not None:
-        print(asyncio.run(_set_owner(owner["api_key"], owner["password"])))
+    message = asyncio.run(_set_owner(owner["api_key"], owner["password"], owner["replace"]))
+    if message:
+        print(message, flush=True)
 
 
-async def _set_owner(api_key: str, password: str) -> str:
-    """Create the owner, or give an existing one this key and password (its key file was lost)."""
+async def _set_owner(api_key: str, password: str, replace: bool) -> str | None:
+    """Create the owner if missing; with `replace` (new key files), give an existing one this key and password."""
     from argilla_server.cli.database.users.utils import get_or_new_workspace
     from argilla_server.contexts import accounts
     from argilla_server.database import AsyncSessionLocal
@@ -59,11 +63,15 @@ async def _set_owner(api_key: str, password: str) -> str:
                 workspaces=[await get_or_new_workspace(db, OWNER)],
             )
             return f"created the owner {OWNER!r}"
+        if not replace:
+            return None
         await user.update(db, api_key=api_key, password_hash=accounts.hash_password(password))
         return f"gave the owner {OWNER!r} a new API key and password"
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, owner: dict) -> None:
+    prepare(owner)
+
     import uvicorn
     from argilla_server import app
 
@@ -80,16 +88,13 @@ def worker() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m annotation.server_app")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("prepare", help="migrate the database; owner credentials as JSON on stdin (optional)")
-    serve_parser = commands.add_parser("serve", help="the API and UI (uvicorn)")
+    serve_parser = commands.add_parser("serve", help="migrate, then serve the API and UI (owner JSON on stdin)")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=6900)
     commands.add_parser("worker", help="the rq worker for background jobs")
     args = parser.parse_args(argv)
-    if args.command == "prepare":
-        prepare(json.loads(sys.stdin.read() or "null"))
-    elif args.command == "serve":
-        serve(args.host, args.port)
+    if args.command == "serve":
+        serve(args.host, args.port, json.loads(sys.stdin.read()))
     else:
         worker()
 
