@@ -404,19 +404,20 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def curate(config: CurationConfig, steps: list[Step], command: str) -> Path:
     """Run `steps` in order on the source and publish a new version; returns its folder."""
+    context = Context(config, Path())
+    if any(step.needs_tokens() for step in steps):  # paths a user can get wrong fail before any work
+        context.tokenizer()
+    for step in steps:
+        step.prepare(context)
     splits = load_splits(config)
     first = next(iter(splits.values()))
-    for step in steps:  # every option a user can get wrong is checked before any step runs
+    for step in steps:
         fields.check_columns(first, step.columns(), f"step {step.name}")
         fields.text_fields(first, step.fields or config.fields)
     root = Path(config.output_dir)
     claim_output_dir(root)
     with card.staging_dir(root) as work:
-        context = Context(config, work)
-        if any(step.needs_tokens() for step in steps):
-            context.tokenizer()
-        for step in steps:
-            step.prepare(context)
+        context.work = work
         source_rows = _counts(splits)
         records = []
         for index, step in enumerate(steps, start=1):
