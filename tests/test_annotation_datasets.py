@@ -385,7 +385,11 @@ def test_two_annotators_submit_25_records_each_in_parallel(
     record_ids = [item["id"] for item in listed["items"]]
     assert len(record_ids) == 25
     clients = [
-        httpx.Client(base_url=argilla_server.url, headers=login(argilla_server.url, name, passwords[name]["password"]))
+        httpx.Client(
+            base_url=argilla_server.url,
+            headers=login(argilla_server.url, name, passwords[name]["password"]),
+            timeout=120,
+        )
         for name in (f"{ws}1", f"{ws}2")
     ]
 
