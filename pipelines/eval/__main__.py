@@ -1,12 +1,18 @@
-"""Evaluate and compare models on held-out prompts.
+"""Evaluate and compare models on held-out prompts, and write the HTML report of a run folder.
 
     # base vs SFT vs PPO on the held-out text-to-SQL questions: execution accuracy by tier,
-    # exact match, BLEU, reward-model score, response length, error categories, side by side
+    # exact match, BLEU, token accuracy and perplexity of the gold answers, reward-model score,
+    # response length, win rates by the verifier and the reward model, error categories, side by side;
+    # ends by writing <output_dir>/report.html
     python -m pipelines.eval compare --models smollm2-135m-instruct runs/demo/sft runs/demo/ppo \\
         --names base sft ppo --reward_model runs/demo/reward --output_dir runs/demo/comparison
+    # one offline HTML page for a whole run folder: training curves, summaries, comparisons
+    python -m pipelines.eval report --run_dir runs/demo
 
 Any list of model folders works; `--data` takes any data source with question/answer columns
-(execution accuracy needs `--db`, the SQLite database the answers run on).
+(execution accuracy needs `--db`, the SQLite database the answers run on). `--lm_eval_tasks
+arc_easy,hellaswag` also runs lm-evaluation-harness tasks when it is installed and online
+(pipelines/eval/harness.py).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 from pipelines.data.formats import detect_mapping, generation_pairs, to_training_format
 from pipelines.data.sources import load_source
 from pipelines.errors import UserError, cli_entry
+from pipelines.eval import harness
+from pipelines.eval.report import COMPARISON_FILE, write_report
 from pipelines.models import PROJECT_ROOT
 
 DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
@@ -29,7 +37,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from trl import ModelConfig
 
-    from pipelines.eval.compare import compare_models
+    from pipelines.eval.compare import compare_models, win_rates
     from pipelines.eval.generation import Generation
     from pipelines.eval.reward import score
     from pipelines.ppo.rewards import load_sequence_classifier
@@ -39,6 +47,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     names = args.names or [Path(m).name for m in args.models]
     if len(names) != len(args.models):
         raise UserError(f"{len(args.models)} models but {len(names)} names")
+    lm_eval_tasks = harness.parse_tasks(args.lm_eval_tasks or "")
+    if lm_eval_tasks:
+        harness.check_available(lm_eval_tasks)  # before minutes of generation, not after
     rows = load_source(str(args.data))
     rows = rows["train"] if hasattr(rows, "keys") else rows
     rows = rows.select(range(min(args.samples, len(rows))))
@@ -52,6 +63,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         reward_model = load_sequence_classifier(args.reward_model, torch.float32)
         reward_tokenizer = load_tokenizer(args.reward_model)
     reports: list[dict[str, Any]] = []  # one execution report per model, in order
+    reward_scores: list[list[float]] = []  # one list of per-prompt scores per model, in order
     sql_rows = [dict(r) for r in rows] if args.db and "difficulty" in rows.column_names else None
 
     def task_metrics(generations: list[Generation]) -> dict[str, float]:
@@ -65,6 +77,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         if reward_model is not None:
             chats = [[*p, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts, strict=True)]
             scores = score(reward_model, reward_tokenizer, chats, desc="Scoring with the reward model")
+            reward_scores.append(scores)
             metrics["reward_mean"] = sum(scores) / len(scores)
         return metrics
 
@@ -73,18 +86,46 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for name, model in zip(names, args.models, strict=True)
     }
     results = compare_models(
-        loaders, tokenizer, prompts, references, args.output_dir, args.max_new_tokens, args.batch_size, task_metrics
+        loaders,
+        tokenizer,
+        prompts,
+        references,
+        args.output_dir,
+        args.max_new_tokens,
+        args.batch_size,
+        task_metrics,
+        score_references=True,
     )
     output: dict[str, Any] = {
         "data": str(args.data),
         "prompts": len(prompts),
         "models": dict(zip(names, args.models, strict=True)),
+        "reward_model": args.reward_model,
+        "metrics": results,
     }
-    output["metrics"] = results
+    per_prompt: dict[str, dict[str, list[Any]]] = {name: {} for name in names}
+    judges: dict[str, dict[str, list[float]]] = {}
+    for name, report in zip(names, reports, strict=True):
+        per_prompt[name]["correct"] = [p["correct"] for p in report["per_prediction"]]
+        per_prompt[name]["category"] = [p["category"] for p in report["per_prediction"]]
+        judges.setdefault("verifier", {})[name] = [float(p["correct"]) for p in report["per_prediction"]]
+    for name, scores in zip(names, reward_scores, strict=True):
+        per_prompt[name]["reward"] = scores
+        judges.setdefault("reward_model", {})[name] = scores
+    output["win_rates"] = {judge: win_rates(scores) for judge, scores in judges.items()}
     if reports:
         output["errors"] = {n: r["errors"] for n, r in zip(names, reports, strict=True)}
-    (args.output_dir / "comparison.json").write_text(json.dumps(output, indent=2, default=str))
+    output["per_prompt"] = per_prompt
+    if lm_eval_tasks:
+        output["lm_eval"] = harness.run_tasks(output["models"], lm_eval_tasks, args.lm_eval_limit, args.batch_size)
+    (args.output_dir / COMPARISON_FILE).write_text(json.dumps(output, indent=2, default=str))
     _print_table(results)
+    for judge, rates in output["win_rates"].items():
+        print(
+            f"win rate by the {judge.replace('_', ' ')}: "
+            + ", ".join(f"{k} {v['win_rate']:.3f}" for k, v in rates.items())
+        )
+    print(f"report: {write_report(args.output_dir)}")
     return output
 
 
@@ -111,7 +152,17 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--max_new_tokens", type=int, default=64)
     cmp.add_argument("--batch_size", type=int, default=32)
     cmp.add_argument("--output_dir", type=Path, required=True)
+    cmp.add_argument(
+        "--lm_eval_tasks", help="comma-separated lm-evaluation-harness tasks (arc_easy,hellaswag,...); needs lm-eval"
+    )
+    cmp.add_argument("--lm_eval_limit", type=int, help="at most this many examples per lm-eval task")
+    rep = sub.add_parser("report", help="one offline HTML page: training curves, summaries, comparisons of a run")
+    rep.add_argument("--run_dir", type=Path, required=True, help="a run folder (e.g. runs/demo-...) or any stage's")
+    rep.add_argument("--output", type=Path, help="where to write the page (default: <run_dir>/report.html)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        print(f"report: {write_report(args.run_dir, args.output)}")
+        return
     if args.max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens must be > 0, got {args.max_new_tokens}")
     compare(args)
