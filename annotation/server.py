@@ -107,7 +107,7 @@ def _pip_install(python: Path, log: Path) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             out.write(line)
-            if line.startswith(("Collecting ", "Requirement already satisfied")):
+            if line.startswith(("Collecting ", "Processing ", "Requirement already satisfied")) and bar.n < bar.total:
                 bar.update(1)
             elif line.startswith("Installing collected packages"):
                 bar.set_description("server: installing")

@@ -198,6 +198,24 @@ def test_the_owner_key_and_password_never_reach_the_logs(argilla_server, client)
     assert argilla_server.api_key not in shown and argilla_server.password not in shown
 
 
+def test_the_worker_recomputes_statuses_when_the_overlap_changes(argilla_server, client) -> None:
+    """A background job (rq worker) that goes through the project's search engine."""
+    dataset = make_dataset(client, ["one", "two", "three"])
+    headers = {"X-Argilla-Api-Key": argilla_server.api_key}
+    with httpx.Client(base_url=f"{argilla_server.url}/api/v1", headers=headers, timeout=30) as http:
+        first = http.get(f"/datasets/{dataset.id}/records").json()["items"][0]["id"]
+        body = {"values": {"label": {"value": "good"}}, "status": "submitted"}
+        assert http.post(f"/records/{first}/responses", json=body).status_code == 201
+        assert dataset.progress()["completed"] == 1  # default overlap: one submission completes a record
+
+        overlap = {"distribution": {"strategy": "overlap", "min_submitted": 2}}
+        assert http.patch(f"/datasets/{dataset.id}", json=overlap).status_code == 200
+        deadline = time.monotonic() + 60
+        while dataset.progress()["completed"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert dataset.progress() == {"total": 3, "completed": 0, "pending": 3}
+
+
 # ---------------------------------------------------------------------------- the search engine
 
 
@@ -235,3 +253,15 @@ def test_text_search_and_metadata_filters_through_the_sdk(argilla_server, client
     assert texts(rg.Query(filter=in_2010s)) == ["A dog chased the cat", "Stock markets fell sharply"]
     both = rg.Query(query="the", filter=rg.Filter(("metadata.topic", "==", "animals")))
     assert texts(both) == ["A dog chased the cat", "The cat sat on the mat"]
+
+
+@pytest.mark.slow
+def test_argilla_servers_own_search_engine_tests_pass() -> None:
+    """`python -m annotation.conformance` (downloads the argilla-server sdist on first use)."""
+    done = subprocess.run(
+        cli_command("annotation.conformance"), cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
+    )
+    summary = [line for line in done.stdout.splitlines() if line.startswith("conformance: ")]
+    assert done.returncode == 0 and summary, done.stdout[-3000:] + done.stderr[-3000:]
+    passed, total = map(int, summary[0].split()[1].split("/"))
+    assert passed >= 91 and total == 120 and " 0 failed" in summary[0], summary[0]
