@@ -11,8 +11,8 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from pipelines.data import dedup, filters, select
-from pipelines.data.curate import CurationConfig, DedupStep, FilterStep, SelectStep, StatsStep, curate
-from pipelines.data.fields import ROW, TOKENS, add_token_counts, load_fast_tokenizer
+from pipelines.data.curate import CurationConfig, DedupStep, FilterStep, SelectStep, StatsStep, curate, main
+from pipelines.data.fields import ROW, TOKENS, add_token_counts, load_fast_tokenizer, token_lengths
 from pipelines.errors import UserError
 
 DISTINCT = [
@@ -74,7 +74,7 @@ def tokenizer(tiny_model: Path) -> Any:
 
 def test_planted_near_duplicates_are_removed_and_distinct_texts_survive(encoder: Any) -> None:
     texts = DISTINCT + list(PLANTED.values())
-    kept, removed = dedup.near_dedup(
+    kept, removed, _ = dedup.near_dedup(
         splits_of([{"text": t} for t in texts]), ["text"], encoder, DedupStep.threshold, 64, "dedup"
     )
     assert kept["train"]["text"] == DISTINCT
@@ -91,7 +91,7 @@ def test_planted_near_duplicates_are_removed_and_distinct_texts_survive(encoder:
 def test_near_dedup_keeps_the_held_out_twin(encoder: Any) -> None:
     train = [{"text": DISTINCT[1]}, {"text": PLANTED[3]}]
     test = [{"text": DISTINCT[3]}]
-    kept, removed = dedup.near_dedup(splits_of(train, test=test), ["text"], encoder, 0.95, 8, "dedup")
+    kept, removed, _ = dedup.near_dedup(splits_of(train, test=test), ["text"], encoder, 0.95, 8, "dedup")
     assert kept["test"]["text"] == [DISTINCT[3]]
     assert kept["train"]["text"] == [DISTINCT[1]]
     assert (removed[0]["split"], removed[0]["kept_split"]) == ("train", "test")
@@ -141,6 +141,12 @@ def test_token_filter_and_empty_rows_counts(tokenizer: Any) -> None:
     assert kept["train"]["text"] == ["one two three"]
     assert {r["reason"] for r in removed} == {f"under min_tokens {counts[0] + 1}", f"over max_tokens {counts[3]}"}
     assert [r["tokens"] for r in removed] == [counts[0], counts[1]]
+
+
+def test_fast_token_count_matches_the_tokenizer(tokenizer: Any) -> None:
+    texts = ["héllo wörld 你好 <|im_end|> 🙂", "", "  spaces  ", "SELECT name FROM products WHERE price < 50;"]
+    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert token_lengths(tokenizer, texts) == expected
 
 
 def test_tiers_by_bounds_and_by_tertiles() -> None:
@@ -232,61 +238,47 @@ def test_pipeline_keeps_splits_of_a_dataset_dict(tmp_path: Path, tiny_model: Pat
     assert {name: rows["text"] for name, rows in saved.items()} == {"train": ["a b"], "test": ["c"]}
 
 
+BAD_INPUT = {
+    "unknown column(s) nope in step stats; the data has question, answer": ("stats", "--fields", "nope"),
+    "unknown column(s) stars in step select": ("select", "--top_k", "2", "--by", "stars"),
+    "threshold must be a cosine similarity in [0, 1], got 1.5": ("dedup", "--threshold", "1.5"),
+    "threshold must be a cosine similarity in [0, 1], got -0.1": ("dedup", "--threshold", "-0.1"),
+    "tokenizer not found: 'models/no-such-model' is not a folder": ("stats", "--tokenizer", "models/no-such-model"),
+    "embedding model not found: 'no/such/encoder'": ("dedup", "--model", "no/such/encoder"),
+    "tier_bounds must be two increasing numbers": ("select", "--tiers_by", "tokens", "--tier_bounds", "9,3"),
+    "unknown key 'treshold' for dedup": ("run", "--config", "{config}"),
+    "unknown step 'dedupe'": ("dedupe",),
+}
+
+
+@pytest.mark.parametrize("message", BAD_INPUT)
 def test_bad_input_is_one_line_and_exit_2(
-    tmp_path: Path, run_cli_many: Any, write_qa_jsonl: Any, tiny_model: Path
+    message: str, tmp_path: Path, write_qa_jsonl: Any, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = write_qa_jsonl(tmp_path / "qa.jsonl", n=6)
     out = tmp_path / "out"
-    base = ("--dataset", data, "--output_dir", out, "--tokenizer", tiny_model)
-    cases = {
-        "unknown column(s) nope in step stats; the data has question, answer": ("stats", *base, "--fields", "nope"),
-        "unknown column(s) stars in step select": ("select", *base, "--top_k", "2", "--by", "stars"),
-        "threshold must be a cosine similarity in [0, 1], got 1.5": ("dedup", *base, "--threshold", "1.5"),
-        "tokenizer not found: 'models/no-such-model' is not a folder": (
-            "stats",
-            "--dataset",
-            data,
-            "--output_dir",
-            out,
-            "--tokenizer",
-            "models/no-such-model",
-        ),
-        "unknown key 'treshold' for dedup": ("run", "--config", _config(tmp_path, "dedup:\n      treshold: 0.9")),
-        "unknown step 'dedupe'": ("dedupe", *base),
-    }
-    results = run_cli_many(*(("pipelines.data", *args) for args in cases.values()))
-    for (message, _), result in zip(cases.items(), results, strict=True):
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-        assert result.returncode == 2, (message, result.stderr[-2000:])
-        assert len(errors) == 1 and message in errors[0], (message, result.stderr[-2000:])
-        assert "Traceback" not in result.stderr and result.stderr.rstrip().endswith(errors[0])
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"dataset: {data}\noutput_dir: {out}\nsteps:\n  - dedup:\n      treshold: 0.9\n")
+    command, *flags = (arg.format(config=config) for arg in BAD_INPUT[message])
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--dataset", str(data), "--output_dir", str(out), "--tokenizer", str(tiny_model), *flags])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2
+    assert len(errors) == 1 and message in errors[0], errors
     assert not out.exists()  # no half-written output
 
 
-def test_top_k_larger_than_the_data_is_a_warning_from_the_cli(
-    tmp_path: Path, run_cli: Any, write_qa_jsonl: Any, tiny_model: Path
+def test_cli_exit_codes_top_k_warns_and_a_bad_threshold_fails(
+    tmp_path: Path, run_cli_many: Any, write_qa_jsonl: Any, tiny_model: Path
 ) -> None:
     data = write_qa_jsonl(tmp_path / "qa.jsonl", n=6)
-    result = run_cli(
-        "pipelines.data",
-        "select",
-        "--dataset",
-        data,
-        "--output_dir",
-        tmp_path / "out",
-        "--tokenizer",
-        tiny_model,
-        "--top_k",
-        "50",
-        "--by",
-        "tokens",
+    common = ("--dataset", data, "--tokenizer", tiny_model)
+    warned, failed = run_cli_many(
+        ("pipelines.data", "select", *common, "--output_dir", tmp_path / "out", "--top_k", "50", "--by", "tokens"),
+        ("pipelines.data", "dedup", *common, "--output_dir", tmp_path / "bad", "--threshold", "1.5"),
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "warning: top_k 50 is larger than split 'train' (6 rows): keeping all of them" in result.stdout
+    assert warned.returncode == 0, warned.stderr[-2000:]
+    assert "warning: top_k 50 is larger than split 'train' (6 rows): keeping all of them" in warned.stdout
     assert len(load_from_disk(str(tmp_path / "out" / "v1"))) == 6
-
-
-def _config(tmp_path: Path, step: str) -> Path:
-    path = tmp_path / "curate.yaml"
-    path.write_text(f"dataset: {tmp_path / 'qa.jsonl'}\noutput_dir: {tmp_path / 'out'}\nsteps:\n  - {step}\n")
-    return path
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1] == "error: threshold must be a cosine similarity in [0, 1], got 1.5"

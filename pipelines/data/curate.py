@@ -235,8 +235,10 @@ class DedupStep(Step):
 
     def run(self, context: Context, splits: Splits, index: int) -> Outcome:
         names = self.field_names(context, splits)
-        kept, removed = dedup.near_dedup(splits, names, self.encoder, self.threshold, self.batch_size, self.name)
-        return Outcome(kept, removed)
+        kept, removed, report = dedup.near_dedup(
+            splits, names, self.encoder, self.threshold, self.batch_size, self.name
+        )
+        return Outcome(kept, removed, report)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ so a batch carries little padding.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,30 @@ def clusters(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def near_dedup(
     splits: Splits, fields: Sequence[str], encoder: Any, threshold: float, batch_size: int, step: str
-) -> tuple[Splits, list[Removed]]:
-    """Keep one row per cluster of near-duplicates across all splits; the others come back as review records."""
+) -> tuple[Splits, list[Removed], dict[str, Any]]:
+    """Keep one row per cluster of near-duplicates across all splits; the others come back as review records,
+    with a report of the work (pairs, clusters, seconds per phase)."""
     order = priority(splits)
     positions = [(split, index) for split in order for index in range(len(splits[split]))]
     texts = [text for split in order for text in row_texts(splits[split], fields)]
+    start = time.perf_counter()
     vectors = embed(texts, encoder, batch_size)
+    embedded = time.perf_counter()
     left, right, similarity = similar_pairs(vectors, threshold)
+    searched = time.perf_counter()
     roots = clusters(len(texts), left, right)
+    report = {
+        "texts": len(texts),
+        "embed_s": round(embedded - start, 2),
+        "texts_per_s": round(len(texts) / max(embedded - start, 1e-9), 1),
+        "search_s": round(searched - embedded, 2),
+        "pairs": len(left),
+        "clusters_with_duplicates": len(set(roots[left].tolist())),
+    }
+    print(
+        f"dedup: embedded {len(texts)} texts in {report['embed_s']} s ({report['texts_per_s']}/s); "
+        f"{len(left)} pairs >= {threshold:g} found in {report['search_s']} s"
+    )
 
     best: dict[int, tuple[float, int]] = {}  # removed item -> (similarity, its most similar linked row)
     for a, b, sim in zip(left.tolist(), right.tolist(), similarity.tolist(), strict=True):
@@ -145,7 +162,7 @@ def near_dedup(
                 cluster_size=int(sizes[root]),
             )
         )
-    return keep(splits, kept), removed
+    return keep(splits, kept), removed, report
 
 
 def _original(rows: Dataset, index: int) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset
 
 from pipelines.errors import UserError
@@ -45,6 +46,11 @@ def tokens_column(field: str) -> str:
 
 def user_columns(dataset: Dataset) -> list[str]:
     return [c for c in dataset.column_names if not c.startswith(INTERNAL)]
+
+
+def column(dataset: Dataset, name: str) -> list[Any]:
+    """A column as a list, read at once (iterating a `datasets` column formats row by row: ~100x slower)."""
+    return dataset[name][:]
 
 
 def check_columns(dataset: Dataset, columns: Sequence[str], what: str) -> None:
@@ -83,7 +89,7 @@ def as_text(value: Any) -> str:
 
 def row_texts(dataset: Dataset, fields: Sequence[str]) -> list[str]:
     """One text per row: its fields joined by a newline (what dedup embeds)."""
-    columns = [[as_text(v) for v in dataset[f]] for f in fields]
+    columns = [[as_text(v) for v in column(dataset, f)] for f in fields]
     return ["\n".join(parts) for parts in zip(*columns, strict=True)]
 
 
@@ -108,6 +114,15 @@ def load_fast_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
+def token_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Tokens per text. A fast tokenizer's Rust backend counts without offsets or Python id lists (1.6x faster)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [len(encoding) for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
 def add_token_counts(dataset: Dataset, tokenizer: Any, fields: Sequence[str], num_proc: int) -> Dataset:
     """Add a token-count column per field (no special tokens, no chat template) and their total.
 
@@ -118,24 +133,15 @@ def add_token_counts(dataset: Dataset, tokenizer: Any, fields: Sequence[str], nu
     if todo:
 
         def count(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
-            out = {}
-            for field in todo:
-                encoded = tokenizer(
-                    [as_text(v) for v in batch[field]],
-                    add_special_tokens=False,
-                    return_attention_mask=False,
-                    return_token_type_ids=False,
-                )
-                out[tokens_column(field)] = [len(ids) for ids in encoded["input_ids"]]
-            return out
+            return {tokens_column(f): token_lengths(tokenizer, [as_text(v) for v in batch[f]]) for f in todo}
 
         procs = max(1, min(num_proc, os.cpu_count() or 1)) if len(dataset) >= 20_000 else 1
         counted = dataset.select_columns(todo).map(
             count, batched=True, batch_size=2000, num_proc=procs if procs > 1 else None, desc="Counting tokens"
         )
         for field in todo:
-            dataset = dataset.add_column(tokens_column(field), counted[tokens_column(field)])
+            dataset = dataset.add_column(tokens_column(field), np.asarray(column(counted, tokens_column(field))))
     if TOKENS in dataset.column_names:
         dataset = dataset.remove_columns(TOKENS)
-    totals = [sum(parts) for parts in zip(*(dataset[tokens_column(f)] for f in fields), strict=True)]
+    totals = sum(np.asarray(column(dataset, tokens_column(f)), dtype=np.int64) for f in fields)
     return dataset.add_column(TOKENS, totals)

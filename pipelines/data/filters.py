@@ -16,7 +16,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from pipelines.data.fields import ROW, TOKENS, as_text
+from pipelines.data.fields import ROW, TOKENS, as_text, column
 from pipelines.data.sources import EVAL_SPLIT_NAMES
 
 Splits = dict[str, Dataset]
@@ -55,7 +55,7 @@ def drop_empty(splits: Splits, fields: Sequence[str], step: str) -> tuple[Splits
     kept: dict[str, list[int]] = {}
     removed: list[Removed] = []
     for split, rows in splits.items():
-        columns = {field: rows[field] for field in fields}
+        columns = {field: column(rows, field) for field in fields}
         kept[split] = []
         for index in range(len(rows)):
             empty = next((f for f in fields if not as_text(columns[f][index]).strip()), None)
@@ -74,7 +74,7 @@ def token_bounds(
     removed: list[Removed] = []
     for split, rows in splits.items():
         kept[split] = []
-        for index, count in enumerate(rows[TOKENS]):
+        for index, count in enumerate(column(rows, TOKENS)):
             if max_tokens is not None and count > max_tokens:
                 reason = f"over max_tokens {max_tokens}"
             elif min_tokens is not None and count < min_tokens:
@@ -116,8 +116,9 @@ def exact_dedup(splits: Splits, fields: Sequence[str], step: str) -> tuple[Split
     removed: list[Removed] = []
     for split in priority(splits):
         rows = splits[split]
-        columns = [[as_text(v) for v in rows[f]] for f in fields]
-        for index, (texts, original) in enumerate(zip(zip(*columns, strict=True), rows[ROW], strict=True)):
+        texts_by_field = [[as_text(v) for v in column(rows, f)] for f in fields]
+        originals = column(rows, ROW)
+        for index, (texts, original) in enumerate(zip(zip(*texts_by_field, strict=True), originals, strict=True)):
             key = fingerprint(texts)
             if key in seen:
                 twin = {"kept_split": seen[key][0], "kept_row": seen[key][1]}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from pipelines.data.fields import TOKENS, check_columns, user_columns
+from pipelines.data.fields import TOKENS, check_columns, column, user_columns
 from pipelines.data.filters import Splits
 from pipelines.data.sources import EVAL_SPLIT_NAMES
 from pipelines.errors import UserError
@@ -25,9 +25,9 @@ BY_TOKENS = "tokens"
 def values_of(rows: Dataset, by: str) -> np.ndarray:
     """The numbers to rank or tier rows by: the token total, or a numeric column (missing values as NaN)."""
     if by == BY_TOKENS:
-        return np.asarray(rows[TOKENS], dtype=np.float64)
+        return np.asarray(column(rows, TOKENS), dtype=np.float64)
     check_columns(rows, [by], "`by`/`tiers_by`")
-    values = list(rows[by])
+    values = column(rows, by)
     bad = next((v for v in values if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))), None)
     if bad is not None:
         raise UserError(f"column {by!r} is not numeric (e.g. {bad!r}); rank or tier by a number column or by tokens")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from pipelines.data.fields import TEXT_COLUMNS, TOKENS, check_columns, tokens_column, user_columns
+from pipelines.data.fields import TEXT_COLUMNS, TOKENS, check_columns, column, tokens_column, user_columns
 
 QUANTILES = (0.05, 0.5, 0.95, 0.99)
 # A string column with at most this many distinct values is a label; more is free text or an id.
@@ -47,8 +47,8 @@ def token_stats(
     """{split: {field or TOTAL: summary}} from the token columns `fields.add_token_counts` added."""
     return {
         split: {
-            **{field: summarize(rows[tokens_column(field)], max_length) for field in fields},
-            **({TOTAL: summarize(rows[TOKENS], max_length)} if len(fields) > 1 else {}),
+            **{field: summarize(column(rows, tokens_column(field)), max_length) for field in fields},
+            **({TOTAL: summarize(column(rows, TOKENS), max_length)} if len(fields) > 1 else {}),
         }
         for split, rows in splits.items()
     }
@@ -60,15 +60,15 @@ def label_columns(dataset: Dataset, fields: Sequence[str], columns: Sequence[str
         check_columns(dataset, columns, "label_columns")
         return list(columns)
     found = []
-    for column in user_columns(dataset):
-        if column in fields or column in TEXT_COLUMNS or column == "id" or column.endswith("_id"):
+    for name in user_columns(dataset):
+        if name in fields or name in TEXT_COLUMNS or name == "id" or name.endswith("_id"):
             continue
-        dtype = getattr(dataset.features[column], "dtype", None)
+        dtype = getattr(dataset.features[name], "dtype", None)
         if dtype in ("string", "large_string"):
-            if len(set(dataset[column])) <= MAX_LABELS:
-                found.append(column)
+            if len(set(column(dataset, name))) <= MAX_LABELS:
+                found.append(name)
         elif dtype is not None and (dtype.startswith(("int", "uint", "float")) or dtype == "bool"):
-            found.append(column)
+            found.append(name)
     return found
 
 
@@ -101,11 +101,11 @@ def label_distribution(values: Sequence[Any], as_scores: bool) -> dict[str, Any]
 
 def label_stats(splits: dict[str, Dataset], columns: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """{split: {column: distribution}}; a numeric column with many distinct values (over all splits) is a score."""
-    values = {split: {c: list(rows[c]) for c in columns} for split, rows in splits.items()}
+    values = {split: {c: column(rows, c) for c in columns} for split, rows in splits.items()}
     as_scores = {}
-    for column in columns:
-        distinct = {v for per_column in values.values() for v in per_column[column] if v is not None}
-        as_scores[column] = len(distinct) > MAX_LABELS and all(_is_number(v) for v in distinct)
+    for name in columns:
+        distinct = {v for per_column in values.values() for v in per_column[name] if v is not None}
+        as_scores[name] = len(distinct) > MAX_LABELS and all(_is_number(v) for v in distinct)
     return {
         split: {c: label_distribution(per_column[c], as_scores[c]) for c in columns}
         for split, per_column in values.items()
@@ -130,13 +130,13 @@ def label_table(stats: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown: counts per value (labels) or a summary (scores), per split and column."""
     lines = ["| split | column | distribution |", "|---|---|---|"]
     for split, per_column in stats.items():
-        for column, dist in per_column.items():
+        for name, dist in per_column.items():
             if dist["kind"] == "labels":
                 text = ", ".join(f"{value}: {count}" for value, count in dist["counts"].items())
             else:
                 text = ", ".join(f"{k} {_cell(dist.get(k, '-'))}" for k in ("mean", "min", "p5", "p50", "p95", "max"))
             missing = f" (missing {dist['missing']})" if dist["missing"] else ""
-            lines.append(f"| {split} | {column} | {text}{missing} |")
+            lines.append(f"| {split} | {name} | {text}{missing} |")
     return "\n".join(lines)
 
 
@@ -160,8 +160,8 @@ def plot_tokens(splits: dict[str, Dataset], fields: Sequence[str], path: Path, m
 
     columns = [(f, tokens_column(f)) for f in fields] + ([(TOTAL, TOKENS)] if len(fields) > 1 else [])
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
-    for ax, (title, column) in zip(axes[0], columns, strict=True):
-        values = {split: np.asarray(rows[column]) for split, rows in splits.items() if len(rows)}
+    for ax, (title, name) in zip(axes[0], columns, strict=True):
+        values = {split: np.asarray(column(rows, name)) for split, rows in splits.items() if len(rows)}
         top = max((int(v.max()) for v in values.values()), default=1)
         # one bar per token count when they fit, else 40 equal bins
         bins = np.arange(top + 2) - 0.5 if top <= 80 else np.linspace(0, top, 41)
@@ -191,14 +191,14 @@ def plot_labels(stats: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
-    for ax, column in zip(axes[0], columns, strict=True):
-        values = list(dict.fromkeys(v for per_column in stats.values() for v in per_column[column]["counts"]))
+    for ax, name in zip(axes[0], columns, strict=True):
+        values = list(dict.fromkeys(v for per_column in stats.values() for v in per_column[name]["counts"]))
         width = 0.8 / len(stats)
         for index, (split, per_column) in enumerate(stats.items()):
-            counts = per_column[column]["counts"]
+            counts = per_column[name]["counts"]
             ax.bar(np.arange(len(values)) + index * width, [counts.get(v, 0) for v in values], width=width, label=split)
         ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2, values, rotation=45, ha="right", fontsize=7)
-        ax.set_title(column)
+        ax.set_title(name)
         ax.set_ylabel("rows")
         ax.legend(fontsize=7)
     fig.tight_layout()
