@@ -16,6 +16,8 @@ from pipelines.errors import UserError
 from pipelines.eval import harness
 from pipelines.eval.__main__ import main as eval_main
 from pipelines.eval.compare import win_rates
+from pipelines.eval.report import build_report
+from pipelines.textsql.evaluate import evaluate_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -41,7 +43,7 @@ def head_jsonl(source: Path, target: Path, n: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, run_cli, run_cli_many) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, run_cli_many) -> Path:
     """runs/<tmp>/{sft,reward,comparison} as a demo run lays them out, with small held-out sets for speed."""
     root = tmp_path_factory.mktemp("eval-report")
     run = root / "run"
@@ -57,12 +59,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, run_cli,
     )  # fmt: skip
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert reward.returncode == 0, reward.stderr[-3000:]
-    compared = run_cli(
-        "pipelines.eval", "compare", "--models", tiny_model, run / "sft", "--names", "base", "sft",
-        "--reward_model", run / "reward", "--data", eval_rows, "--samples", PROMPTS, "--max_new_tokens", 16,
-        "--batch_size", 8, "--output_dir", run / "comparison",
+    eval_main(  # in this process: its imports are already paid for
+        ["compare", "--models", str(tiny_model), str(run / "sft"), "--names", "base", "sft",
+         "--reward_model", str(run / "reward"), "--data", str(eval_rows), "--samples", str(PROMPTS),
+         "--max_new_tokens", "16", "--batch_size", "8", "--output_dir", str(run / "comparison")]
     )  # fmt: skip
-    assert compared.returncode == 0, compared.stderr[-3000:]
     return run
 
 
@@ -171,6 +172,34 @@ def test_report_opens_offline_in_chromium_and_shows_the_numbers_of_the_json_file
         assert ("sft/summary.json", ("eval", key)) in shown and key in summary["eval"]
     assert ("sft/summary.json", ("train", "train_loss")) in shown
     assert ("reward/summary.json", ("pairwise", "accuracy")) in shown
+
+
+def test_error_analysis_groups_failures_by_category_with_their_examples(tmp_path: Path) -> None:
+    rows = read_jsonl(REPO / "data" / "textsql" / "test.jsonl")[:4]
+    predictions = [
+        rows[0]["answer"],
+        rows[1]["answer"].replace("78", "79"),  # a wrong literal
+        "SELECT p.name FROM order_items oi JOIN products p ON WHERE",  # does not run
+        rows[3]["answer"].rstrip(";") + " AND AND AND",  # cut off at the token limit
+    ]
+    report = evaluate_predictions(rows, predictions, no_eos=[False, False, False, True])
+    data = {
+        "prompts": 4,
+        "metrics": {"model": {"execution_accuracy": report["execution_accuracy"]}},
+        "errors": {"model": report["errors"]},
+        "per_prompt": {"model": {"correct": [p["correct"] for p in report["per_prediction"]]}},
+    }
+    (tmp_path / "comparison.json").write_text(json.dumps(data))
+    page = build_report(tmp_path)
+    failed = {c: e for c, e in report["errors"].items() if e["count"]}
+    assert set(failed) == {"wrong_condition", "syntax_error", "runaway_generation"}
+    for category, entry in failed.items():
+        assert f"<b>{category}</b>" in page
+        assert (
+            f'data-path="[&quot;errors&quot;, &quot;model&quot;, &quot;{category}&quot;, &quot;count&quot;]">1<' in page
+        )
+        assert entry["examples"][0]["question"] in page
+    assert "<b>wrong_column</b>" not in page  # categories nobody fell into stay out of the way
 
 
 def test_report_of_a_folder_without_runs_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
