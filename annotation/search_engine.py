@@ -21,6 +21,7 @@ exact cosine search.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -53,7 +54,8 @@ from argilla_server.search_engine.base import (
     TermsMetrics,
     TextQuery,
 )
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 ENGINE_NAME = "sqlite-fts5"
@@ -120,6 +122,20 @@ STALE_DATASETS = (
     "SELECT ds FROM (SELECT dataset_id AS ds, 1 AS n, 0 AS m FROM records "
     f"UNION ALL SELECT dataset_id, 0, 1 FROM {DOCS}) GROUP BY ds HAVING SUM(n) != SUM(m)"
 )
+
+
+SHUFFLE = "annotation_shuffle"
+
+
+def _shuffle_key(record_id: str, user_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{user_id}:{record_id}".encode(), digest_size=7).digest(), "big")
+
+
+@event.listens_for(Engine, "connect")
+def _register_shuffle(dbapi_connection: Any, connection_record: Any) -> None:
+    """`annotation_shuffle(record_id, user_id)`: a per-user pseudo-random sort key (Elasticsearch's random_score)."""
+    if hasattr(dbapi_connection, "create_function"):  # SQLite (sqlite3, aiosqlite); not PostgreSQL
+        dbapi_connection.create_function(SHUFFLE, 2, _shuffle_key, deterministic=True)
 
 
 def ensure_schema(connection: Any) -> int:
@@ -610,8 +626,7 @@ class SQLiteSearchEngine(SearchEngine):
                 order = "score DESC"
             elif user_id is not None:
                 # A shuffle that is the same on every page for one user and different between users.
-                seed = sql.bind(UUID(str(user_id)).int % 2147483647)
-                order = f"((r.rowid * 1103515245 + {seed}) % 2147483647) * 48271 % 2147483647"
+                order = f"{SHUFFLE}(r.id, {sql.bind(str(user_id))})"
             else:
                 order = "r.inserted_at"
             statement = (
