@@ -363,10 +363,6 @@ def start(args: argparse.Namespace) -> int:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
         return 0
     paths = Paths(home_dir(args.home))
-    if not paths.home.exists():
-        paths.home.mkdir(parents=True)
-        paths.home.chmod(0o700)  # the database holds every user's API key
-    paths.logs.mkdir(exist_ok=True)
     state = State.load(paths)
     running = state.alive()
     if set(running) == set(SERVICES) and state.url and _healthy(state.url):
@@ -386,6 +382,10 @@ def start(args: argparse.Namespace) -> int:
     state.host = args.host
     state.port = _choose_port(args.port, state.port, DEFAULT_PORT, "the server", "--port")
     state.redis_port = _choose_port(args.redis_port, None, None, "Redis", "--redis-port")
+    if not paths.home.exists():
+        paths.home.mkdir(parents=True)
+        paths.home.chmod(0o700)  # the database holds every user's API key
+    paths.logs.mkdir(exist_ok=True)
     python = ensure_server_venv()
     began = time.monotonic()
     try:
