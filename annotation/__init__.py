@@ -1,7 +1,9 @@
 """The Argilla side of the loop: embedded server, dataset schemas, push/pull, aggregation, export.
 
-Not built yet (issue "Real Argilla for annotators"). The training stages already read any data
-source through `pipelines.data.sources.load_source`; this package will register the
-`argilla://workspace/dataset` scheme there with `register_scheme`, and reuse
-`pipelines.data.preferences.ranking_to_pairs` for its reward export.
+`python -m annotation server start` runs a real argilla-server 2.8.0 (own venv under the var dir,
+Redis, SQLite, and `search_engine.py`: the project's SQLite/FTS5 search engine, registered with
+Argilla's engine registry). The dataset commands (`create`, `users`, `push`, `pull`, `export`)
+talk to it, or to an external Argilla named by ARGILLA_API_URL/ARGILLA_API_KEY. The training stages
+read exports, or Argilla directly as `argilla://workspace/dataset` (`sources.py`); the reward export
+shares `pipelines.data.preferences.ranking_to_pairs` with the reward stage.
 """
