@@ -26,6 +26,7 @@ BENCHMARKS = {
     "reward_vs_trl": "bench.reward_vs_trl",
     "rollout": "bench.rollout",
     "ppo_vs_trl": "bench.ppo_vs_trl",
+    "curation": "bench.curation",
 }
 
 
