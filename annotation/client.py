@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,8 @@ def connect(api_url: str | None = None, api_key_file: str | None = None) -> rg.A
     from argilla._exceptions import ArgillaCredentialsError
 
     url, key = credentials(api_url, api_key_file)
+    # The SDK warns on every lookup that finds nothing; the commands turn those into their own errors.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"argilla\.")
     try:
         return rg.Argilla(api_url=url, api_key=key, timeout=120, retries=0)
     except ArgillaCredentialsError:

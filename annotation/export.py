@@ -227,7 +227,8 @@ def write_versioned(
 ) -> Path:
     """Write a new version `root/v<N>` beside, rename it into place and point `root/latest` at it."""
     if not rows:
-        raise UserError(f"nothing to export: {summary['left_out'] or 'no records'} (see the rules in --help)")
+        why = ", ".join(f"{reason}: {count}" for reason, count in summary["left_out"].items()) or "no records"
+        raise UserError(f"nothing to export, every record was left out ({why}); see the rules in --help")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:

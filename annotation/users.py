@@ -80,7 +80,9 @@ def list_users(workspace_name: str) -> list[dict[str, str]]:
     workspace = client.workspaces(workspace_name)
     if workspace is None:
         raise UserError(f"workspace {workspace_name!r} not found")
-    return [{"username": user.username, "role": str(user.role)} for user in workspace.users]
+    return [
+        {"username": user.username, "role": getattr(user.role, "value", str(user.role))} for user in workspace.users
+    ]
 
 
 @cli_entry
