@@ -229,6 +229,19 @@ def test_dedup_step_writes_the_review_file(tmp_path: Path) -> None:
     assert f"| train {len(DISTINCT) + len(PLANTED)} | train {len(DISTINCT)} |" in (version / "README.md").read_text()
 
 
+def test_stats_alone_writes_the_report_without_a_dataset_copy(tmp_path: Path, tiny_model: Path) -> None:
+    source = tmp_path / "chat.jsonl"
+    chats = [[{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello, how can I help?"}]]
+    source.write_text("".join(json.dumps({"messages": m, "label": "good"}) + "\n" for m in chats * 3))
+    config = CurationConfig(dataset=str(source), tokenizer=str(tiny_model), output_dir=str(tmp_path / "out"))
+    version = curate(config, [StatsStep()], "test")
+    report = json.loads((version / "stats" / "1-stats.json").read_text())
+    assert report["tokens"]["train"]["messages"]["rows"] == 3 and report["tokens"]["train"]["messages"]["min"] > 5
+    assert report["labels"]["train"]["label"]["counts"] == {"good": 3}
+    assert not (version / "dataset_info.json").exists()
+    assert "Statistics only" in (version / "README.md").read_text()
+
+
 def test_pipeline_keeps_splits_of_a_dataset_dict(tmp_path: Path, tiny_model: Path) -> None:
     DatasetDict(
         {"train": Dataset.from_dict({"text": ["a b", "A, b!", "c"]}), "test": Dataset.from_dict({"text": ["c"]})}
@@ -236,6 +249,14 @@ def test_pipeline_keeps_splits_of_a_dataset_dict(tmp_path: Path, tiny_model: Pat
     config = CurationConfig(dataset=str(tmp_path / "src"), tokenizer=str(tiny_model), output_dir=str(tmp_path / "out"))
     saved = load_from_disk(str(curate(config, [FilterStep()], "test")))
     assert {name: rows["text"] for name, rows in saved.items()} == {"train": ["a b"], "test": ["c"]}
+
+
+@pytest.mark.parametrize("command", ["stats", "filter", "dedup", "select", "run"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--dataset" in capsys.readouterr().out
 
 
 BAD_INPUT = {

@@ -217,7 +217,10 @@ class DedupStep(Step):
         default=None,
         metadata={"help": "sentence-transformers folder (default: the offline all-MiniLM-L6-v2 package)."},
     )
-    batch_size: int = dataclasses.field(default=128, metadata={"help": "Texts per embedding forward pass."})
+    batch_size: int = dataclasses.field(
+        default=64,
+        metadata={"help": "Texts per embedding forward pass (on 2 CPU cores 32-64 ran ~10 % faster than 128)."},
+    )
     max_seq_length: int = dataclasses.field(
         default=128,
         metadata={"help": "Tokens embedded per text (longer texts are compared on their start); cost grows with it."},
@@ -373,7 +376,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Any = ()) -> Non
             continue
         kind = str(field.type).replace(" | None", "")
         metavar = {"bool": "true|false", "list[str]": "A,B", "list[float]": "X,Y"}.get(kind)
-        parser.add_argument(f"--{name}", default=None, metavar=metavar, help=field.metadata.get("help"))
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        parser.add_argument(f"--{name}", default=None, metavar=metavar, help=help_text)
 
 
 def split_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -485,7 +489,9 @@ def _default_name(spec: str) -> str:
 
 def usage() -> str:
     lines = ["usage: python -m pipelines.data <step> [--config FILE] [--key value ...]", "", "steps:"]
-    lines += [f"  {name:<8} {(cls.__doc__ or '').strip().rstrip('.').lower()}" for name, cls in STEPS.items()]
+    for name, cls in STEPS.items():
+        summary = (cls.__doc__ or "").strip().rstrip(".")
+        lines.append(f"  {name:<8} {summary[:1].lower()}{summary[1:]}")
     lines += ["  run      every step of --config's `steps:` list, in order", "", "`<step> --help` lists the keys."]
     return "\n".join(lines)
 
