@@ -62,24 +62,51 @@ def load_encoder(model: str | None, max_seq_length: int | None) -> Any:
 
 
 def embed(texts: Sequence[str], encoder: Any, batch_size: int) -> np.ndarray:
-    """Unit-length float32 embeddings (so the inner product is the cosine similarity)."""
-    vectors = encoder.encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=True
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    """Unit-length float32 embeddings (so the inner product is the cosine similarity).
+
+    Batches are made of texts of equal token length, longest first: sorted by characters (what
+    `SentenceTransformer.encode` does) a batch of 64 carried ~11 % padding on mixed-length text, sorted by
+    tokens 0.2 %. The tokens are counted once up front with the fast tokenizer (a fraction of a second).
+    """
+    import torch
+    from sentence_transformers.util import batch_to_device
+    from tqdm.auto import tqdm
+
+    ids = encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
+    order = np.argsort([-len(row) for row in ids], kind="stable")
+    vectors = np.empty((len(texts), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="Embedding", unit="batch"):
+            rows = order[start : start + batch_size]
+            features = batch_to_device(encoder.preprocess([texts[i] for i in rows]), encoder.device)
+            output = encoder(features)["sentence_embedding"]
+            vectors[rows] = torch.nn.functional.normalize(output, p=2, dim=1).float().cpu().numpy()
+    return vectors
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair i < j with cosine similarity >= threshold: (i, j, similarity), exact (flat inner-product index)."""
+    """Every pair i < j with cosine similarity >= threshold: (i, j, similarity). Exact, O(n^2).
+
+    faiss computes the inner products block by block (each block of rows against the rows after it only:
+    half the work of a full search). On 20,000 x 384 vectors here that took 1.7 s; `IndexFlatIP.range_search`
+    took 9 s, most of it collecting results. A block holds at most 32M similarities (128 MB).
+    """
     import faiss
 
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    # faiss keeps results strictly above the radius; the float margin keeps pairs exactly at the threshold
-    limits, similarity, neighbour = index.range_search(vectors, threshold - 1e-6)
-    query = np.repeat(np.arange(len(vectors)), np.diff(limits).astype(np.int64))
-    mask = (neighbour > query) & (similarity >= threshold - 1e-6)
-    return query[mask], neighbour[mask].astype(np.int64), similarity[mask]
+    count = len(vectors)
+    rows = max(1, min(count, (1 << 25) // max(count, 1)))
+    left, right, similarity = [], [], []
+    for start in range(0, count, rows):
+        stop = min(count, start + rows)
+        block = faiss.pairwise_distances(vectors[start:stop], vectors[start:], faiss.METRIC_INNER_PRODUCT)
+        query, other = np.nonzero(block >= threshold)
+        later = other > query  # other is counted from `start` too: this drops self-pairs and pairs seen before
+        left.append(query[later] + start)
+        right.append(other[later] + start)
+        similarity.append(block[query[later], other[later]])
+    if not left:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(left).astype(np.int64), np.concatenate(right).astype(np.int64), np.concatenate(similarity)
 
 
 def clusters(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
