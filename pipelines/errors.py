@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -16,6 +17,14 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
     """A mistake the user can fix (bad config, missing file, ...); the message says how."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose usage errors are the project's one line and exit 2, not usage text plus a message."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 class _OutputGuard:

@@ -19,20 +19,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from pipelines.errors import EXIT_USER_ERROR, UserError, claim_output_dir, cli_entry, release_output_dir
+from pipelines.errors import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
 from pipelines.textsql.generate import DB_NAME, SPLITS, TIERS, check_dataset, load_split, write_dataset
 from pipelines.textsql.pairs import PAIR_FILES, kind_counts, pair_splits, readme_section, update_readme, write_pairs
 from pipelines.textsql.perturb import KINDS
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's one-line error instead of usage plus message."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see `python -m pipelines.textsql --help`)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
 
 
 def _positive_int(text: str) -> int:
@@ -44,8 +35,8 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The subcommands and their flags."""
-    parser = _Parser(prog="python -m pipelines.textsql", description=(__doc__ or "").split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = CliParser(prog="python -m pipelines.textsql", description=(__doc__ or "").split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     gen = commands.add_parser("generate", help="write shop.sqlite, train.jsonl, test.jsonl and README.md")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
     gen.add_argument("--seed", type=int, default=0, help="seeds the database and the question sampling")
