@@ -9,10 +9,14 @@
     # one offline HTML page for a whole run folder: training curves, summaries, comparisons
     python -m pipelines.eval report --run_dir runs/demo
 
-Any list of model folders works; `--data` takes any data source with question/answer columns
-(execution accuracy needs `--db`, the SQLite database the answers run on). `--lm_eval_tasks
-arc_easy,hellaswag` also runs lm-evaluation-harness tasks when it is installed and online
-(pipelines/eval/harness.py).
+    # the verifiable math questions: answer accuracy by tier, failures by mistake kind
+    python -m pipelines.eval compare --models smollm2-135m-instruct runs/math-sft --names base sft \\
+        --data data/mathqa/test.jsonl --output_dir runs/math-comparison
+
+Any list of model folders works; `--data` takes any data source with question/answer columns.
+`--verifier auto` picks the judge from the data: math rows (pipelines.mathqa) by their final number,
+text-to-SQL rows by executing the answer on `--db`. `--lm_eval_tasks arc_easy,hellaswag` also
+runs lm-evaluation-harness tasks when it is installed and online (pipelines/eval/harness.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pipelines.data.sources import load_source
 from pipelines.errors import UserError, cli_entry
 from pipelines.eval import harness
 from pipelines.eval.report import COMPARISON_FILE, write_report
+from pipelines.eval.verifiers import CHOICES as VERIFIERS
+from pipelines.eval.verifiers import pick_verifier
 from pipelines.models import PROJECT_ROOT
 
 DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
@@ -42,7 +48,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.eval.reward import score
     from pipelines.ppo.rewards import load_sequence_classifier
     from pipelines.runner.modeling import load_model, load_tokenizer
-    from pipelines.textsql.evaluate import evaluate_predictions
 
     names = args.names or [Path(m).name for m in args.models]
     if len(names) != len(args.models):
@@ -62,17 +67,18 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if args.reward_model:
         reward_model = load_sequence_classifier(args.reward_model, torch.float32)
         reward_tokenizer = load_tokenizer(args.reward_model)
-    reports: list[dict[str, Any]] = []  # one execution report per model, in order
+    reports: list[dict[str, Any]] = []  # one verifier report per model, in order
     reward_scores: list[list[float]] = []  # one list of per-prompt scores per model, in order
-    sql_rows = [dict(r) for r in rows] if args.db and "difficulty" in rows.column_names else None
+    verifier = pick_verifier(args.verifier, rows.column_names, args.db)
+    verified_rows = [dict(r) for r in rows]
 
     def task_metrics(generations: list[Generation]) -> dict[str, float]:
         texts = [g.text for g in generations]
         metrics: dict[str, Any] = {}
-        if sql_rows is not None:
-            report = evaluate_predictions(sql_rows, texts, no_eos=[not g.hit_eos for g in generations], db_path=args.db)
-            metrics["execution_accuracy"] = report["execution_accuracy"]
-            metrics.update({f"execution_accuracy_{tier}": acc for tier, acc in report["by_difficulty"].items()})
+        if verifier is not None:
+            report = verifier.evaluate(verified_rows, texts, [not g.hit_eos for g in generations])
+            metrics[verifier.metric] = report[verifier.metric]
+            metrics.update({f"{verifier.metric}_{tier}": acc for tier, acc in report["by_difficulty"].items()})
             reports.append(report)
         if reward_model is not None:
             chats = [[*p, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts, strict=True)]
@@ -101,15 +107,18 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": len(prompts),
         "models": dict(zip(names, args.models, strict=True)),
         "reward_model": args.reward_model,
+        "verifier": {"name": verifier.name, "metric": verifier.metric, "judges_by": verifier.judges_by}
+        if verifier
+        else None,
         "metrics": results,
     }
     per_prompt: dict[str, dict[str, list[Any]]] = {name: {} for name in names}
     judges: dict[str, dict[str, list[float]]] = {}
-    for name, report in zip(names, reports, strict=True):
+    for name, report in zip(names, reports, strict=True) if reports else ():
         per_prompt[name]["correct"] = [p["correct"] for p in report["per_prediction"]]
         per_prompt[name]["category"] = [p["category"] for p in report["per_prediction"]]
         judges.setdefault("verifier", {})[name] = [float(p["correct"]) for p in report["per_prediction"]]
-    for name, scores in zip(names, reward_scores, strict=True):
+    for name, scores in zip(names, reward_scores, strict=True) if reward_scores else ():  # a judge is optional
         per_prompt[name]["reward"] = scores
         judges.setdefault("reward_model", {})[name] = scores
     output["win_rates"] = {judge: win_rates(scores) for judge, scores in judges.items()}
@@ -147,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--columns", help="column mapping role=column, as in the stages' configs")
     cmp.add_argument("--system_prompt", default=None)
     cmp.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite database for execution accuracy")
+    cmp.add_argument(
+        "--verifier",
+        choices=VERIFIERS,
+        default="auto",
+        help="judge answers by SQL execution or by the final number (auto: from the data's columns)",
+    )
     cmp.add_argument("--reward_model", help="also report the mean score of this reward model")
     cmp.add_argument("--samples", type=int, default=64, help="how many held-out prompts")
     cmp.add_argument("--max_new_tokens", type=int, default=64)

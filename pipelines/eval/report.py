@@ -54,6 +54,7 @@ METRIC_LABELS = {
     "exact_match": "exact match",
     "bleu": "BLEU",
     "execution_accuracy": "execution accuracy",
+    "answer_accuracy": "answer accuracy",
     "reward_mean": "reward-model score",
     "token_accuracy": "token accuracy (gold)",
     "perplexity": "perplexity (gold)",
@@ -61,7 +62,7 @@ METRIC_LABELS = {
     "eos_rate": "eos rate",
     "generation_tokens_per_second": "tokens/s",
 }
-JUDGES = {"verifier": "by the verifier (execution result)", "reward_model": "by the reward model (higher score)"}
+JUDGES = {"verifier": "by the verifier ({})", "reward_model": "by the reward model (higher score)"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1280px; color: #222; padding: 0 1em; }
@@ -290,8 +291,9 @@ def _length_histogram(generations: Path) -> str:
 
 
 def _metric_label(key: str) -> str:
-    if key.startswith("execution_accuracy_"):
-        return f"execution accuracy: {key.removeprefix('execution_accuracy_')}"
+    for accuracy in ("execution_accuracy", "answer_accuracy"):
+        if key.startswith(f"{accuracy}_"):
+            return f"{METRIC_LABELS[accuracy]}: {key.removeprefix(f'{accuracy}_')}"
     return METRIC_LABELS.get(key, key)
 
 
@@ -316,7 +318,8 @@ def _win_rate_tables(data: dict[str, Any], file: str) -> str:
             + [_num(rate["win_rate"], file, ["win_rates", judge, pair, "win_rate"])]
             for pair, rate in rates.items()
         ]
-        parts.append(f"<h4>Win rate {_esc(JUDGES.get(judge, judge))}</h4>")
+        judges_by = (data.get("verifier") or {}).get("judges_by", "execution result")  # older files: SQL only
+        parts.append(f"<h4>Win rate {_esc(JUDGES.get(judge, judge).format(judges_by))}</h4>")
         parts.append(_table(["challenger vs baseline", "wins", "ties", "losses", "win rate (ties count ½)"], rows))
     return "\n".join(parts) or '<p class="muted">one model only: nothing to win against</p>'
 
@@ -324,7 +327,7 @@ def _win_rate_tables(data: dict[str, Any], file: str) -> str:
 def _error_analysis(data: dict[str, Any], file: str) -> str:
     errors: dict[str, dict[str, Any]] = data.get("errors", {})
     if not errors:
-        return '<p class="muted">no verifier in this comparison (execution accuracy needs --db and difficulty)</p>'
+        return '<p class="muted">no verifier in this comparison (`eval compare --verifier`: sql or math)</p>'
     names = list(errors)
     categories = [c for c in next(iter(errors.values())) if any(errors[n][c]["count"] for n in names)]
     if not categories:

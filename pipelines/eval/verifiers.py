@@ -1,0 +1,66 @@
+"""The verifiers `eval compare` judges answers with: SQL by execution, math by the final number.
+
+Both report in one shape ({<metric>, by_difficulty, errors: {category: {count, examples}},
+per_prediction: [{correct, category, ...}]}), so the comparison, its win rates and the report's
+error analysis do not care which task they look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import UserError
+
+Evaluate = Callable[[Sequence[dict[str, Any]], Sequence[str], Sequence[bool]], dict[str, Any]]
+CHOICES = ("auto", "sql", "math", "none")
+MATH_COLUMNS = {"question", "answer", "difficulty", "template", "params"}  # rows of pipelines.mathqa
+SQL_COLUMNS = {"question", "answer", "difficulty"}  # rows of pipelines.textsql (plus the --db database)
+
+
+@dataclass(frozen=True)
+class Verifier:
+    name: str
+    metric: str  # the accuracy key in the verifier's report and in the comparison's metrics
+    judges_by: str  # how it decides, for the report ("execution result", "final answer")
+    evaluate: Evaluate
+
+
+def _sql(db: Path) -> Verifier:
+    from pipelines.textsql.evaluate import evaluate_predictions
+
+    def evaluate(rows: Sequence[dict[str, Any]], texts: Sequence[str], no_eos: Sequence[bool]) -> dict[str, Any]:
+        return evaluate_predictions(rows, texts, no_eos=no_eos, db_path=db)
+
+    return Verifier("sql", "execution_accuracy", "execution result", evaluate)
+
+
+def _math() -> Verifier:
+    from pipelines.mathqa.evaluate import evaluate_predictions
+
+    def evaluate(rows: Sequence[dict[str, Any]], texts: Sequence[str], no_eos: Sequence[bool]) -> dict[str, Any]:
+        return evaluate_predictions(rows, texts, no_eos=no_eos)
+
+    return Verifier("math", "answer_accuracy", "final answer", evaluate)
+
+
+def pick_verifier(choice: str, columns: Sequence[str], db: Path | None) -> Verifier | None:
+    """The verifier asked for, or for `auto` the one the data's columns fit (math rows first: they carry
+    their template and parameters; SQL rows need the database their answers run on)."""
+    have = set(columns)
+    if choice == "auto":
+        if have >= MATH_COLUMNS:
+            return _math()
+        return _sql(db) if have >= SQL_COLUMNS and db is not None and db.is_file() else None
+    if choice == "none":
+        return None
+    needed = MATH_COLUMNS if choice == "math" else SQL_COLUMNS
+    if not needed <= have:
+        raise UserError(f"--verifier {choice} needs the columns {', '.join(sorted(needed - have))}")
+    if choice == "math":
+        return _math()
+    if db is None or not db.is_file():
+        raise UserError(f"--verifier sql runs the answers on --db, and {db} is not a file")
+    return _sql(db)
