@@ -1,12 +1,18 @@
-"""The README's main job: the whole pipeline on the embedded sample data, one command.
+"""The README's main job: the whole loop on the embedded sample data, one command.
 
-    python -m pipelines.demo                       # SFT -> reward -> PPO -> comparison
-    python -m pipelines.demo --stages sft,compare  # only some stages
+    python -m pipelines.demo                       # Argilla -> SFT -> reward -> PPO -> comparison
+    python -m pipelines.demo --stages sft,compare  # only some stages (without `annotation`, SFT reads the file)
     python -m pipelines.demo --run_dir runs/demo   # where everything goes (default: a new timestamped dir)
 
-Each stage runs as its own CLI (`python -m pipelines.<stage> --config configs/<stage>/default.yaml`),
-exactly as a user would run it, chained through the run dir. The comparison answers the held-out
-text-to-SQL questions with the base, SFT and PPO models and judges them by execution.
+`annotation` starts the embedded Argilla server (or uses ARGILLA_API_URL), creates the three sample
+datasets in the `demo` workspace and pushes the sample data into them (idempotent: a second demo
+updates the same records); SFT then trains on `argilla://demo/text-to-sql`, what annotators would
+have submitted (unreviewed records as they are, corrections replacing responses, discarded records
+left out). Each step runs as its own CLI (`python -m annotation ...`,
+`python -m pipelines.<stage> --config configs/<stage>/default.yaml`), exactly as a user would run it,
+chained through the run dir. The comparison answers the held-out text-to-SQL questions with the
+base, SFT and PPO models and judges them by execution. The server keeps running afterwards, so the
+datasets can be opened in the browser (`python -m annotation server stop` ends it).
 """
 
 from __future__ import annotations
@@ -22,18 +28,59 @@ from pathlib import Path
 from pipelines.errors import UserError, cli_entry
 from pipelines.models import PROJECT_ROOT, SMOLLM2
 
-STAGES = ("sft", "reward", "ppo", "compare")
+STAGES = ("annotation", "sft", "reward", "ppo", "compare")
+WORKSPACE = "demo"
+# (dataset, kind, the sample data pushed into it)
+SAMPLE_DATASETS = (
+    ("pretraining-text", "text", "data/pretraining/shop.jsonl"),
+    ("text-to-sql", "instruction", "data/textsql/train.jsonl"),
+    ("sql-comparisons", "comparison", "data/textsql/pairs_train.jsonl"),
+)
+SFT_SOURCE = f"argilla://{WORKSPACE}/text-to-sql"
+
+
+def run_cli(module: str, *args: object, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run one project CLI; a failure stops the demo with that CLI's own exit code (its message already shown)."""
+    command = [sys.executable, "-m", module, *(str(a) for a in args)]
+    if not capture:
+        print(f"\n=== {' '.join(command[1:])}", flush=True)
+    result = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=os.environ.copy(), check=False, capture_output=capture, text=True
+    )
+    if result.returncode:
+        if capture:
+            print(result.stderr, end="", file=sys.stderr)
+        raise SystemExit(result.returncode)
+    return result
 
 
 def run_stage(stage: str, *args: object) -> float:
-    """Run one stage CLI; a failure stops the demo with the stage's own exit code."""
-    command = [sys.executable, "-m", f"pipelines.{stage}", *(str(a) for a in args)]
-    print(f"\n=== {stage}: {' '.join(command[1:])}", flush=True)
+    """Run `python -m pipelines.<stage>`; returns its wall time."""
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=PROJECT_ROOT, env=os.environ.copy(), check=False)
-    if result.returncode:
-        raise SystemExit(result.returncode)
+    run_cli(f"pipelines.{stage}", *args)
     return time.perf_counter() - start
+
+
+def annotation_stage() -> dict[str, object]:
+    """Server up, the three sample datasets created and filled; returns `server status --json`."""
+    run_cli("annotation", "server", "start")
+    for name, kind, data in SAMPLE_DATASETS:
+        run_cli("annotation", "create", f"{WORKSPACE}/{name}", "--kind", kind)
+        run_cli("annotation", "push", f"{WORKSPACE}/{name}", "--kind", kind, "--data", data)
+    return json.loads(run_cli("annotation", "server", "status", "--json", capture=True).stdout)
+
+
+def print_annotation_help(status: dict[str, object]) -> None:
+    print(
+        f"\nArgilla UI: {status['url']} (datasets in the {WORKSPACE!r} workspace: "
+        + ", ".join(name for name, _, _ in SAMPLE_DATASETS)
+        + ")"
+    )
+    if status.get("password_file"):
+        print(f"  log in as {status['owner']!r} with the password in {status['password_file']}")
+    if status.get("api_key_file"):
+        print(f"  owner API key (SDK, ARGILLA_API_KEY): {status['api_key_file']}")
+    print("  add annotators: python -m annotation users --help; stop the server: python -m annotation server stop")
 
 
 @cli_entry
@@ -50,8 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     sft, reward, ppo = run_dir / "sft", run_dir / "reward", run_dir / "ppo"
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    status = None
+    if "annotation" in stages:
+        status = annotation_stage()
+        timings["annotation"] = time.perf_counter() - start
     if "sft" in stages:
-        timings["sft"] = run_stage("sft", "--config", "configs/sft/default.yaml", "--output_dir", sft)
+        # the Argilla rows are prompt/completion (detected); the file's question/answer need the config's mapping
+        source = ("--dataset", SFT_SOURCE, "--columns", "") if status else ()
+        timings["sft"] = run_stage("sft", "--config", "configs/sft/default.yaml", *source, "--output_dir", sft)
     if "reward" in stages:
         timings["reward"] = run_stage(
             "reward", "--config", "configs/reward/default.yaml", "--model_name_or_path", sft, "--output_dir", reward
@@ -86,7 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2))
     print("\n=== demo done in " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-    print(f"results: {run_dir} (comparison/generations.md: the side-by-side table)")
+    print(
+        f"results: {run_dir}" + (" (comparison/generations.md: the side-by-side table)" if "compare" in stages else "")
+    )
+    if status:
+        print_annotation_help(status)
 
 
 if __name__ == "__main__":
