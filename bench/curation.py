@@ -88,7 +88,7 @@ def measure_dedup(count: int) -> dict[str, Any]:
     encoder = dedup.load_encoder(defaults.model, defaults.max_seq_length)
     loaded = time.perf_counter()
     kept, removed, report = dedup.near_dedup(
-        splits, ["text"], encoder, defaults.threshold, defaults.batch_size, "dedup"
+        splits, ["text"], encoder, defaults.threshold, defaults.batch_size, "dedup", defaults.precision
     )
     seconds = time.perf_counter() - start
     found = {r["row"]: r["kept_row"] for r in removed}
@@ -97,7 +97,7 @@ def measure_dedup(count: int) -> dict[str, Any]:
         "texts": count,
         "seconds": round(seconds, 2),
         "model_load_s": round(loaded - start, 2),
-        **{key: report[key] for key in ("embed_s", "texts_per_s", "search_s", "pairs")},
+        **{key: report[key] for key in ("embed_s", "texts_per_s", "search_s", "pairs", "bf16")},
         "tokens_per_text": {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max())},
         "batch_size": defaults.batch_size,
         "max_seq_length": defaults.max_seq_length,

@@ -72,11 +72,13 @@ def tokenizer(tiny_model: Path) -> Any:
     return load_fast_tokenizer(str(tiny_model))
 
 
-def test_planted_near_duplicates_are_removed_and_distinct_texts_survive(encoder: Any) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_planted_near_duplicates_are_removed_and_distinct_texts_survive(encoder: Any, precision: str) -> None:
     texts = DISTINCT + list(PLANTED.values())
-    kept, removed, _ = dedup.near_dedup(
-        splits_of([{"text": t} for t in texts]), ["text"], encoder, DedupStep.threshold, 64, "dedup"
+    kept, removed, report = dedup.near_dedup(
+        splits_of([{"text": t} for t in texts]), ["text"], encoder, DedupStep.threshold, 64, "dedup", precision
     )
+    assert report["bf16"] == (precision == "bf16")
     assert kept["train"]["text"] == DISTINCT
     by_row = {r["row"]: r for r in removed}
     assert sorted(by_row) == list(range(len(DISTINCT), len(texts)))

@@ -225,9 +225,18 @@ class DedupStep(Step):
         default=128,
         metadata={"help": "Tokens embedded per text (longer texts are compared on their start); cost grows with it."},
     )
+    precision: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "Embedding precision: auto (bf16 where the CPU has native bf16, 2.5x faster; else fp32), "
+            "fp32 or bf16."
+        },
+    )
     encoder: Any = dataclasses.field(default=None, repr=False, metadata={"internal": True})
 
     def __post_init__(self) -> None:
+        if self.precision not in dedup.PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(dedup.PRECISIONS)}, got {self.precision!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"threshold must be a cosine similarity in [0, 1], got {self.threshold}")
         if self.batch_size < 1 or self.max_seq_length < 1:
@@ -239,7 +248,7 @@ class DedupStep(Step):
     def run(self, context: Context, splits: Splits, index: int) -> Outcome:
         names = self.field_names(context, splits)
         kept, removed, report = dedup.near_dedup(
-            splits, names, self.encoder, self.threshold, self.batch_size, self.name
+            splits, names, self.encoder, self.threshold, self.batch_size, self.name, self.precision
         )
         return Outcome(kept, removed, report)
 

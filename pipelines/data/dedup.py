@@ -61,8 +61,26 @@ def load_encoder(model: str | None, max_seq_length: int | None) -> Any:
     return encoder
 
 
-def embed(texts: Sequence[str], encoder: Any, batch_size: int) -> np.ndarray:
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def use_bf16(precision: str) -> bool:
+    """`auto`: bf16 where the CPU computes it natively (or on a GPU), else fp32."""
+    import torch
+
+    from pipelines.models import cpu_has_native_bf16
+
+    if precision == "auto":
+        return torch.cuda.is_available() or cpu_has_native_bf16()
+    return precision == "bf16"
+
+
+def embed(texts: Sequence[str], encoder: Any, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """Unit-length float32 embeddings (so the inner product is the cosine similarity).
+
+    With bf16 (autocast; the vectors stay float32) MiniLM embedded 2.5x faster on a CPU with AVX512-BF16;
+    its vectors had cosine >= 0.99995 to the fp32 ones and moved pair similarities by at most 0.0035, so only
+    pairs that close to the threshold can change sides.
 
     Batches are made of texts of equal token length, longest first: sorted by characters (what
     `SentenceTransformer.encode` does) a batch of 64 carried ~11 % padding on mixed-length text, sorted by
@@ -74,8 +92,9 @@ def embed(texts: Sequence[str], encoder: Any, batch_size: int) -> np.ndarray:
 
     ids = encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
     order = np.argsort([-len(row) for row in ids], kind="stable")
-    vectors = np.empty((len(texts), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
-    with torch.inference_mode():
+    vectors = np.empty((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
+    device = "cuda" if encoder.device.type == "cuda" else "cpu"
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(precision)):
         for start in tqdm(range(0, len(texts), batch_size), desc="Embedding", unit="batch"):
             rows = order[start : start + batch_size]
             features = batch_to_device(encoder.preprocess([texts[i] for i in rows]), encoder.device)
@@ -129,7 +148,13 @@ def clusters(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def near_dedup(
-    splits: Splits, fields: Sequence[str], encoder: Any, threshold: float, batch_size: int, step: str
+    splits: Splits,
+    fields: Sequence[str],
+    encoder: Any,
+    threshold: float,
+    batch_size: int,
+    step: str,
+    precision: str = "fp32",
 ) -> tuple[Splits, list[Removed], dict[str, Any]]:
     """Keep one row per cluster of near-duplicates across all splits; the others come back as review records,
     with a report of the work (pairs, clusters, seconds per phase)."""
@@ -137,7 +162,7 @@ def near_dedup(
     positions = [(split, index) for split in order for index in range(len(splits[split]))]
     texts = [text for split in order for text in row_texts(splits[split], fields)]
     start = time.perf_counter()
-    vectors = embed(texts, encoder, batch_size)
+    vectors = embed(texts, encoder, batch_size, precision)
     embedded = time.perf_counter()
     left, right, similarity = similar_pairs(vectors, threshold)
     searched = time.perf_counter()
@@ -146,6 +171,7 @@ def near_dedup(
         "texts": len(texts),
         "embed_s": round(embedded - start, 2),
         "texts_per_s": round(len(texts) / max(embedded - start, 1e-9), 1),
+        "bf16": use_bf16(precision),
         "search_s": round(searched - embedded, 2),
         "pairs": len(left),
         "clusters_with_duplicates": len(set(roots[left].tolist())),
