@@ -18,18 +18,9 @@ from pipelines.eval.__main__ import main as eval_main
 from pipelines.eval.compare import win_rates
 from pipelines.eval.report import build_report
 from pipelines.textsql.evaluate import evaluate_predictions
+from tests.browser import artifact, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PROMPTS = 8
 
 
@@ -134,11 +125,9 @@ def test_report_opens_offline_in_chromium_and_shows_the_numbers_of_the_json_file
     eval_main(["report", "--run_dir", str(run_dir)])
     page_path = run_dir / "report.html"
     assert page_path.is_file()
-    if not CHROMIUM.is_file():
-        pytest.fail("/usr/bin/chromium is missing: scripts/setup.sh installs Debian's chromium", pytrace=False)
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("request", lambda request: requests.append(request.url))
@@ -150,8 +139,7 @@ def test_report_opens_offline_in_chromium_and_shows_the_numbers_of_the_json_file
             )
             images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.naturalWidth])")
             headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "eval_report.png"), full_page=True)
+            page.screenshot(path=artifact("eval_report.png"), full_page=True)
         finally:
             browser.close()
 
