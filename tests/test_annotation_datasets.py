@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +223,38 @@ def test_push_twice_keeps_one_copy_of_each_record(cli, owner, ws: str, tmp_path:
     for _ in range(2):
         pushed(cli, f"{ws}/corpus", "--kind", "text", "--data", no_ids)
     assert total_records(owner, f"{ws}/corpus") == 7
+
+
+def test_a_webhook_gets_the_events_of_pushed_records(cli, owner, ws: str, tmp_path: Path) -> None:
+    """The server builds webhook events only when a webhook listens (annotation/server_app.py): this one does."""
+    received: list[dict[str, Any]] = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    listener = ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    http = owner.api.http_client
+    url = f"http://127.0.0.1:{listener.server_port}/hook"
+    hook = http.post("/api/v1/webhooks", json={"url": url, "events": ["record.created"]}).json()
+    try:
+        data = write_jsonl(tmp_path / "t.jsonl", [{"id": f"w{i}", "text": f"passage {i}"} for i in range(3)])
+        pushed(cli, f"{ws}/hooked", "--kind", "text", "--data", data)
+        deadline = time.monotonic() + 60
+        while len(received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        http.delete(f"/api/v1/webhooks/{hook['id']}")
+        listener.shutdown()
+    assert sorted((event["type"], event["data"]["external_id"]) for event in received) == [
+        ("record.created", f"w{i}") for i in range(3)
+    ]
 
 
 def test_push_errors_against_a_server(cli, owner, ws: str, tmp_path: Path, write_qa_jsonl, monkeypatch) -> None:
