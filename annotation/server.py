@@ -43,7 +43,6 @@ REQUIREMENTS = Path(__file__).with_name("server-requirements.txt")
 OWNER = "argilla"
 ENGINE = "sqlite-fts5"  # annotation.search_engine.ENGINE_NAME (that module imports argilla_server)
 DEFAULT_PORT = 6900
-DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 SERVICES = ("redis", "server", "worker")
 START_HINT = "start it with `python -m annotation server start`"
 
@@ -359,8 +358,6 @@ def _inventory(url: str, key: str) -> dict[str, Any]:
 
 
 def start(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, not {args.workers}")
     external = external_server()
     if external is not None:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
@@ -392,7 +389,7 @@ def start(args: argparse.Namespace) -> int:
     python = ensure_server_venv()
     began = time.monotonic()
     try:
-        _start_services(state, paths, redis, python, args.timeout, args.workers)
+        _start_services(state, paths, redis, python, args.timeout)
     except BaseException:
         _stop_processes(state)
         state.save(paths)
@@ -403,7 +400,7 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float, workers: int) -> None:
+def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float) -> None:
     env = _server_env(paths, state.redis_port)
     redis_dir = paths.home / "redis"
     redis_dir.mkdir(exist_ok=True)
@@ -424,7 +421,7 @@ def _start_services(state: State, paths: Paths, redis: str, python: Path, timeou
     }
     app = [str(python), "-m", "annotation.server_app"]
     _spawn(state, paths, "worker", [*app, "worker"], env)
-    serve = [*app, "serve", "--host", state.host, "--port", str(state.port), "--workers", str(workers)]
+    serve = [*app, "serve", "--host", state.host, "--port", str(state.port)]
     server = _spawn(state, paths, "server", serve, env, stdin=json.dumps(owner))
     _wait_for(lambda: _healthy(state.url), server, timeout, f"the Argilla server at {state.url}", paths.log("server"))
 
@@ -528,13 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
     start_parser.add_argument("--redis-port", type=int, help="Redis port (default: a free one)")
     start_parser.add_argument("--host", default="127.0.0.1", help="interface to serve on (0.0.0.0: the whole network)")
     start_parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
-    start_parser.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help=f"API processes, sharing one port (default {DEFAULT_WORKERS}: concurrent requests, e.g. "
-        "`annotation push` and several annotators, use both; SQLite still writes one transaction at a time)",
-    )
     commands.add_parser("stop", parents=[home], help="stop the server, its worker and Redis")
     status_parser = commands.add_parser("status", parents=[home], help="URL, health, users and datasets")
     status_parser.add_argument("--json", action="store_true", help="machine-readable (url, healthy, api_key_file...)")
