@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from datasets import Dataset
 
-from annotation.push import build_records, column_mapping
+from annotation.push import _row_dicts, build_records, column_mapping
 from pipelines.errors import UserError
 
 
@@ -72,6 +72,11 @@ def test_sft_shapes_map_to_instruction_records_with_the_rest_as_metadata() -> No
     mapped = Dataset.from_list([{"q": "q1", "a": "a1", "ctx": "c"}])
     record = build_records(mapped, "instruction", columns="instruction=q,response=a,context=ctx")[0]
     assert record["fields"] == {"instruction": "q1", "context": "c", "response": "a1"}
+
+
+def test_rows_read_by_column_chunks_are_the_rows_in_order() -> None:
+    rows = Dataset.from_list([{"id": i, "text": f"t{i}", "tags": [i, i + 1], "score": i / 2} for i in range(5)])
+    assert list(_row_dicts(rows, chunk=2)) == list(rows)  # chunks of 2, 2, 1
 
 
 def test_ids_are_stable_content_hashes_when_the_data_has_none() -> None:
