@@ -1,7 +1,8 @@
-"""`decode`, the sampling loop behind evaluation and PPO rollouts, against transformers' `generate`.
+"""`decode`, the sampling loop behind evaluation and PPO rollouts, against transformers' `generate`;
+the shared-prefix forward against a plain one; sampled log-probs against PPO's training forward.
 
 SmolLM2 (built by the set-up) rather than the random tiny model: its greedy answers vary token by
-token, so an eos can be planted mid-answer; three short prompts keep the file to seconds.
+token, so an eos can be planted mid-answer; a few short prompts keep the file to seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +13,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipelines.eval.generation import decode
+from pipelines.eval.generation import (
+    decode,
+    drop_prefix,
+    forward_sharing_prefix,
+    positions_from_mask,
+    render_prompts,
+    shared_prefix_length,
+)
+from pipelines.ppo.rollout import forward, sample
 
 SMOLLM2 = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct"
 PROMPTS = ["SELECT name FROM", "How many orders were placed in total last year by customers?", "Hi"]
+QUESTIONS = ["Which products cost less than 50?", "How many customers live in Paris?", "List all orders."]
+CHATS = [[{"role": "user", "content": q}] for q in QUESTIONS]  # the chat template adds a shared system prompt
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +35,12 @@ def model_and_batch():
     model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32).eval()
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     return model, tokenizer, batch
+
+
+@pytest.fixture(scope="module")
+def chat_batch(model_and_batch):
+    _, tokenizer, _ = model_and_batch
+    return tokenizer(render_prompts(tokenizer, CHATS), return_tensors="pt", padding=True, add_special_tokens=False)
 
 
 def reference(model, tokenizer, batch, max_new_tokens: int, eos_id: int) -> torch.Tensor:
@@ -40,7 +57,7 @@ def reference(model, tokenizer, batch, max_new_tokens: int, eos_id: int) -> torc
 def test_greedy_decode_matches_generate_on_left_padded_prompts(model_and_batch) -> None:
     model, tokenizer, batch = model_and_batch
     expected = reference(model, tokenizer, batch, 10, tokenizer.eos_token_id)
-    got = decode(model, batch["input_ids"], batch["attention_mask"], 10, None, tokenizer.eos_token_id, 0)
+    got = decode(model, batch["input_ids"], batch["attention_mask"], 10, None, tokenizer.eos_token_id, 0).tokens
     assert torch.equal(got, expected)
 
 
@@ -52,7 +69,7 @@ def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(model_and_ba
     stop = next(k for k in range(1, len(row)) if row[k] not in row[:k])
     eos = row[stop]
     expected = reference(model, tokenizer, batch, 10, eos)
-    got = decode(model, batch["input_ids"], batch["attention_mask"], 10, None, eos, tokenizer.pad_token_id)
+    got = decode(model, batch["input_ids"], batch["attention_mask"], 10, None, eos, tokenizer.pad_token_id).tokens
     assert got[0, : stop + 1].tolist() == row[: stop + 1]
     assert (got[0, stop + 1 :] == tokenizer.pad_token_id).all()
     width = min(got.shape[1], expected.shape[1])
@@ -63,7 +80,82 @@ def test_sampling_is_seeded_and_respects_the_limit(model_and_batch) -> None:
     model, tokenizer, batch = model_and_batch
     args = (batch["input_ids"], batch["attention_mask"], 7, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id)
     torch.manual_seed(3)
-    first = decode(model, *args)
+    first = decode(model, *args).tokens
     torch.manual_seed(3)
-    assert torch.equal(decode(model, *args), first)
+    assert torch.equal(decode(model, *args).tokens, first)
     assert first.shape == (len(PROMPTS), 7)
+
+
+def test_shared_prefix_length_stops_at_the_first_difference_and_leaves_each_row_a_token() -> None:
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 9, 9], [0, 5, 6, 7, 8, 1]])
+    mask = (ids != 0).long()
+    assert shared_prefix_length(ids, mask) == 3  # 5 6 7, left padding ignored
+    assert shared_prefix_length(ids[:1], mask[:1]) == 0  # one row: nothing to share
+    same = torch.tensor([[0, 5, 6], [0, 5, 6]])
+    assert shared_prefix_length(same, (same != 0).long()) == 1  # identical rows keep their last token
+
+
+def test_drop_prefix_moves_padding_after_the_prefix_and_keeps_positions() -> None:
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 9, 9]])
+    mask = (ids != 0).long()
+    rest, full_mask = drop_prefix(ids, mask, 2)
+    assert rest.tolist() == [[0, 0, 7, 8], [7, 9, 9, 9]]
+    assert full_mask.tolist() == [[1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]]
+    # the tokens after the prefix keep the positions they had in their rows: 7 8 at 2 3; 7 9 9 9 at 2..5
+    assert positions_from_mask(full_mask)[:, 2:][rest != 0].tolist() == [2, 3, 2, 3, 4, 5]
+
+
+def test_forward_sharing_prefix_matches_a_plain_forward_in_values_and_gradients(model_and_batch, chat_batch) -> None:
+    model = model_and_batch[0]
+    ids, mask = chat_batch["input_ids"], chat_batch["attention_mask"]
+    prefix = shared_prefix_length(ids, mask)
+    assert prefix >= 20  # SmolLM2's system prompt
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    outputs, grads = [], []
+    for length in (0, prefix):
+        model.zero_grad()
+        logits = forward_sharing_prefix(model, ids, mask, length, logits_to_keep=4).logits
+        logits.square().mean().backward()
+        outputs.append(logits.detach())
+        grads.append(weight.grad.clone())
+    model.zero_grad()
+    assert torch.allclose(outputs[1], outputs[0], atol=2e-4)
+    assert (grads[1] - grads[0]).norm() < 1e-4 * grads[0].norm()
+
+
+def test_gradient_checkpointing_falls_back_to_a_plain_forward(tiny_model) -> None:
+    """Checkpointed layers drop `past_key_values`: sharing there would silently lose the prefix."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids = torch.tensor([[0, 5, 6, 7, 8], [5, 6, 7, 9, 10]])
+    mask = (ids != 0).long()
+    plain = forward_sharing_prefix(model, ids, mask, 0, logits_to_keep=2).logits
+    model.gradient_checkpointing_enable()
+    model.train()
+    shared = forward_sharing_prefix(model, ids, mask, 3, logits_to_keep=2).logits
+    assert torch.allclose(shared, plain, atol=1e-5)
+
+
+def test_greedy_decode_with_a_shared_chat_prefix_matches_generate(model_and_batch, chat_batch) -> None:
+    model, tokenizer, _ = model_and_batch
+    expected = reference(model, tokenizer, chat_batch, 12, tokenizer.eos_token_id)
+    got = decode(model, chat_batch["input_ids"], chat_batch["attention_mask"], 12, None, tokenizer.eos_token_id, 0)
+    width = min(got.tokens.shape[1], expected.shape[1])
+    assert torch.equal(got.tokens[:, :width], expected[:, :width])
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_sampled_logprobs_equal_the_training_forward(model_and_batch, share_prefix: bool) -> None:
+    """PPO's old log-probs come from the decode loop: they must be the policy's log-probs at the same
+    positions, temperature and padding as the forward the loss differentiates."""
+    model, tokenizer, _ = model_and_batch
+    torch.manual_seed(0)
+    rollout = sample(model, tokenizer, CHATS * 2, 16, 0.7, 4)  # two generation chunks of different widths
+    mask = rollout.response_mask.bool()
+    assert rollout.logprobs is not None and (rollout.logprobs[~mask] == 0).all()
+    with torch.no_grad():
+        trained = forward(model, rollout, 0.7, share_prefix)[1]
+        part = rollout.select(torch.tensor([4, 1]))
+        trained_part = forward(model, part, 0.7, share_prefix)[1]
+    assert torch.allclose(trained[mask], rollout.logprobs[mask], atol=1e-4)
+    assert torch.allclose(trained_part[part.response_mask.bool()], part.logprobs[part.response_mask.bool()], atol=1e-4)
+    assert not torch.allclose(forward(model, rollout, 1.0)[1][mask], rollout.logprobs[mask], atol=1e-2)

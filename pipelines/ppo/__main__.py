@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> None:
 
     state = PartialState()
     reward, reward_shares_tokenizer = load_reward(
-        config.reward_model_path, config.reward_function, tokenizer, torch_dtype(model_args, config.bf16), state.device
+        config.reward_model_path,
+        config.reward_function,
+        tokenizer,
+        torch_dtype(model_args, config.bf16),
+        state.device,
+        config.share_prompt_prefix,
     )
     policy = load_model(model_args.model_name_or_path, model_args, config.bf16)
     peft_config = lora_config(model_args)

@@ -52,6 +52,13 @@ class PPOConfig(TrainingArguments):
     generation_batch_size: int = dataclasses.field(
         default=64, metadata={"help": "Prompts per generate() call in rollouts and evaluation."}
     )
+    share_prompt_prefix: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "Compute the prompt tokens all rows of a micro-batch start with (a chat template's system "
+            "prompt) once and broadcast their KV cache: the same values for less compute. Off: every row in full."
+        },
+    )
     # KL control
     kl_coef: float = dataclasses.field(default=0.05, metadata={"help": "Initial KL penalty coefficient (beta)."})
     kl_estimator: KLEstimator = dataclasses.field(

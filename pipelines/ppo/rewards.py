@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipelines.errors import UserError
+from pipelines.eval.generation import forward_sharing_prefix, shared_prefix_length
 from pipelines.eval.reward import score as score_conversations
 from pipelines.models import resolve_model
 
@@ -39,10 +40,12 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
 
 
 class TokenRewardModel:
-    """(a): the reward model reads the rollout's tokens; the chat template's text after eos is appended."""
+    """(a): the reward model reads the rollout's tokens; the chat template's text after eos is appended.
+    With `share_prefix`, the tokens all sequences start with go through the model once."""
 
-    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, share_prefix: bool = True) -> None:
         self.model = model.eval()
+        self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id
         probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
         rendered = tokenizer.apply_chat_template(probe, tokenize=False)
@@ -68,8 +71,8 @@ class TokenRewardModel:
         order = torch.sort(mask, dim=1, stable=True).indices
         ids, mask = ids.gather(1, order), mask.gather(1, order)
         ids = torch.where(mask.bool(), ids, self.pad_id)
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, 0].float()
+        prefix_length = shared_prefix_length(ids, mask) if self.share_prefix else 0
+        return forward_sharing_prefix(self.model, ids, mask, prefix_length).logits[:, 0].float()
 
 
 class TextRewardModel:
@@ -148,6 +151,7 @@ def load_reward(
     policy_tokenizer: PreTrainedTokenizerBase,
     dtype: torch.dtype,
     device: torch.device,
+    share_prefix: bool = True,
 ) -> tuple[RewardSource, bool]:
     """The reward source and whether it is a model sharing the policy's tokenizer."""
     # `--reward_model_path null` on the command line unsets a key the YAML config set
@@ -164,5 +168,5 @@ def load_reward(
     model = load_sequence_classifier(reward_model_path, dtype).to(device)
     model.requires_grad_(False)
     if same_tokenizer(tokenizer, policy_tokenizer):
-        return TokenRewardModel(model, policy_tokenizer), True
+        return TokenRewardModel(model, policy_tokenizer, share_prefix), True
     return TextRewardModel(model, tokenizer), False

@@ -1,7 +1,9 @@
 """Rollouts: sample responses in wide left-padded batches, then score them token by token.
 
 The policy and the value head see `query + response` with left-padded queries and right-padded
-responses; position ids come from the attention mask so padding never shifts positions.
+responses; position ids come from the attention mask so padding never shifts positions. With
+`share_prefix`, the prompt prefix all rows of a micro-batch share (the chat template's system prompt)
+is computed once and broadcast (`forward_sharing_prefix`): the same numbers for less compute.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from pipelines.eval.generation import Messages, decode, render_prompts
+from pipelines.eval.generation import Messages, decode, forward_sharing_prefix, render_prompts, shared_prefix_length
 
 
 @dataclasses.dataclass
@@ -25,6 +27,9 @@ class Rollout:
     response_mask: torch.Tensor  # 1 on response tokens up to and including eos
     texts: list[str]
     ended: torch.Tensor  # [B] bool: eos or a stop string before max_new_tokens
+    # [B, R] log-probs the response tokens were sampled with (softmax(logits / temperature)), when the
+    # decode loop sampled them; None after `generate` (stop strings)
+    logprobs: torch.Tensor | None = None
 
     @property
     def sequence_ids(self) -> torch.Tensor:
@@ -49,7 +54,12 @@ class Rollout:
             response_mask[:, :width],
             [self.texts[i] for i in rows],
             self.ended[index],
+            self.logprobs[index][:, :width] if self.logprobs is not None else None,
         )
+
+    def prefix_length(self, share_prefix: bool) -> int:
+        """Leading query tokens all rows share (0 unless `share_prefix`): computed once in a forward."""
+        return shared_prefix_length(self.query_ids, self.query_mask) if share_prefix else 0
 
     def lengths(self) -> torch.Tensor:
         return self.query_mask.sum(1) + self.response_mask.sum(1)
@@ -87,7 +97,7 @@ def sample(
         queries = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     finally:
         tokenizer.padding_side = padding_side
-    chunks = []
+    chunks, logprob_chunks = [], []
     for first in range(0, len(texts), batch_size):
         ids, mask = (
             queries["input_ids"][first : first + batch_size],
@@ -110,36 +120,52 @@ def sample(
             chunks.append(output[:, ids.shape[1] :])
         else:
             eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-            chunks.append(decode(model, ids, mask, max_new_tokens, temperature, eos, pad))
+            tokens, logprobs = decode(model, ids, mask, max_new_tokens, temperature, eos, pad)
+            chunks.append(tokens)
+            logprob_chunks.append(logprobs)
     width = max(c.shape[1] for c in chunks)
     response_ids = torch.cat(
         [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tokenizer.pad_token_id) for c in chunks]
     )
     mask = response_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    logprobs = (
+        torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in logprob_chunks]) * mask
+        if logprob_chunks
+        else None
+    )
     ended = (response_ids == tokenizer.eos_token_id).any(1) | (mask.sum(1) < max_new_tokens)
     decoded = tokenizer.batch_decode(
         response_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True
     )
-    return Rollout(list(prompts), queries["input_ids"], queries["attention_mask"], response_ids, mask, decoded, ended)
+    return Rollout(
+        list(prompts), queries["input_ids"], queries["attention_mask"], response_ids, mask, decoded, ended, logprobs
+    )
 
 
-def forward(model: torch.nn.Module, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(
+    model: torch.nn.Module, rollout: Rollout, temperature: float, share_prefix: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits over response positions / temperature, log-probs of the sampled response tokens)."""
-    ids, mask = rollout.sequence_ids, rollout.sequence_mask
-    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     # The LM head only where a response token is predicted: the query makes most of the sequence,
     # and the head is a fifth of SmolLM2's FLOPs.
     keep = rollout.response_ids.shape[1] + 1
-    output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=keep)
+    output = forward_sharing_prefix(
+        model,
+        rollout.sequence_ids,
+        rollout.sequence_mask,
+        rollout.prefix_length(share_prefix),
+        use_cache=False,
+        logits_to_keep=keep,
+    )
     logits = output.logits[:, :-1] / temperature
     return logits, selective_log_softmax(logits, rollout.response_ids)
 
 
-def token_values(value_model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+def token_values(value_model: torch.nn.Module, rollout: Rollout, share_prefix: bool = True) -> torch.Tensor:
     """The value head on every position: V(state before response token t), shape [B, R]."""
-    ids, mask = rollout.sequence_ids, rollout.sequence_mask
-    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
-    query_len = rollout.query_ids.shape[1]
-    return value_model.score(hidden[:, query_len - 1 : -1]).squeeze(-1).float()
+    hidden = forward_sharing_prefix(
+        backbone, rollout.sequence_ids, rollout.sequence_mask, rollout.prefix_length(share_prefix), use_cache=False
+    ).last_hidden_state
+    width = rollout.response_ids.shape[1]
+    return value_model.score(hidden[:, -width - 1 : -1]).squeeze(-1).float()

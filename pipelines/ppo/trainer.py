@@ -38,9 +38,9 @@ STATE_FILE = "ppo_state.json"
 class PolicyAndValue(torch.nn.Module):
     """One module so DDP/FSDP/DeepSpeed wrap, sync and checkpoint both with one optimizer."""
 
-    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module) -> None:
+    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module, share_prefix: bool) -> None:
         super().__init__()
-        self.policy, self.value = policy, value
+        self.policy, self.value, self.share_prefix = policy, value, share_prefix
 
     # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
     @property
@@ -64,8 +64,8 @@ class PolicyAndValue(torch.nn.Module):
         """(response logits, log-probs of the response tokens, values); called through the DDP wrapper
         so gradients are synchronised."""
         rollout = Rollout([], query_ids, query_mask, response_ids, response_mask, [], torch.empty(0))
-        logits, logprobs = forward(self.policy, rollout, temperature)
-        return logits, logprobs, token_values(self.value, rollout)
+        logits, logprobs = forward(self.policy, rollout, temperature, self.share_prefix)
+        return logits, logprobs, token_values(self.value, rollout, self.share_prefix)
 
 
 class RunningMoments:
@@ -110,7 +110,7 @@ class PPOTrainer:
         for model in (policy, value_model, ref_policy):
             if model is not None:
                 disable_dropout_in_model(model)  # N+ #5: dropout makes old and new log-probs disagree
-        self.model = PolicyAndValue(policy, value_model)
+        self.model = PolicyAndValue(policy, value_model, config.share_prompt_prefix)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(config.gradient_checkpointing_kwargs)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -150,10 +150,11 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        temperature, share = self.config.temperature, self.config.share_prompt_prefix
         if self.ref_policy is not None:
-            return forward(self.ref_policy, rollout, self.config.temperature)[1]
+            return forward(self.ref_policy, rollout, temperature, share)[1]
         with self._unwrapped().policy.disable_adapter():  # LoRA: the base weights are the reference
-            return forward(self._unwrapped().policy, rollout, self.config.temperature)[1]
+            return forward(self._unwrapped().policy, rollout, temperature, share)[1]
 
     def _score(self, rollout: Rollout) -> torch.Tensor:
         return self.reward(rollout.prompts, rollout.texts, rollout.sequence_ids, rollout.sequence_mask).to(
@@ -162,7 +163,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def make_experience(self, prompts: list[Messages]) -> dict[str, Any]:
-        config = self.config
+        config, share = self.config, self.config.share_prompt_prefix
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             rollout = sample(
                 unwrapped.policy,
@@ -174,14 +175,20 @@ class PPOTrainer:
                 config.stop_strings,
             )
         mask = rollout.response_mask.float()
-        logprobs, ref_logprobs, values = (torch.zeros_like(mask) for _ in range(3))
+        # The old log-probs are those the tokens were sampled with, as TRL takes them from generate's
+        # scores: the decode loop's logits are the policy's at the same positions and temperature.
+        # After `generate` (stop strings) they take one more forward.
+        from_sampling = rollout.logprobs is not None
+        logprobs = rollout.logprobs.clone() if from_sampling else torch.zeros_like(mask)
+        ref_logprobs, values = torch.zeros_like(mask), torch.zeros_like(mask)
         unwrapped = self._unwrapped()
         for index in micro_batches(rollout, torch.arange(len(prompts)), config.per_device_train_batch_size):
             part = rollout.select(index)
             width = part.response_ids.shape[1]
-            logprobs[index, :width] = forward(unwrapped.policy, part, config.temperature)[1]
+            if not from_sampling:
+                logprobs[index, :width] = forward(unwrapped.policy, part, config.temperature, share)[1]
             ref_logprobs[index, :width] = self._reference_logprobs(part)
-            values[index, :width] = token_values(unwrapped.value, part)
+            values[index, :width] = token_values(unwrapped.value, part, share)
         raw_scores = self._score(rollout)
         scores = raw_scores.clone()
         if config.missing_eos_penalty is not None:  # N+ #23: penalise responses that never end
