@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.data.samples import TIERS
 from pipelines.mathqa.__main__ import main
 from pipelines.mathqa.answers import extract_answer
 from pipelines.mathqa.dataset import check_dataset, write_dataset
 from pipelines.mathqa.evaluate import evaluate_predictions
 from pipelines.mathqa.generate import load_split, rebuild
-from pipelines.mathqa.problems import KINDS, TIERS
+from pipelines.mathqa.problems import KINDS
 from pipelines.mathqa.reward import CORRECT_REWARD, DATA_ENV, NO_ANSWER_REWARD, WRONG_ANSWER_REWARD, answer_reward
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "mathqa"

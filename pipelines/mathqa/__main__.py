@@ -19,10 +19,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.data.samples import TIERS
 from pipelines.errors import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
 from pipelines.mathqa.dataset import check_dataset, rewrite_pairs, write_dataset
 from pipelines.mathqa.pairs import PAIR_FILES, kind_counts
-from pipelines.mathqa.problems import KINDS, TIERS
+from pipelines.mathqa.problems import KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:

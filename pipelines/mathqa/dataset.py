@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from pipelines.data.samples import TIERS, CheckReport, kind_table, write_jsonl
 from pipelines.errors import UserError
 from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.generate import SPLITS, Row, generate_rows, load_split, rebuild, write_jsonl
-from pipelines.mathqa.pairs import CHANCE_ACCURACY, PAIR_FILES, Pair, check_pairs, kind_counts, pair_splits, write_pairs
-from pipelines.mathqa.problems import KINDS, TEMPLATES, TIERS, Problem, verify_answer
+from pipelines.mathqa.generate import SPLITS, Row, generate_rows, load_split, rebuild
+from pipelines.mathqa.pairs import CHANCE_ACCURACY, PAIR_FILES, Pair, check_pairs, pair_splits, write_pairs
+from pipelines.mathqa.problems import KINDS, TEMPLATES, Problem, verify_answer
 from pipelines.textsql.pairs import README_HEADING, update_readme
 
 KIND_RULES = {
@@ -192,10 +192,7 @@ def pairs_section(
     pairs: Mapping[str, Sequence[Pair]], seed: int = 0, per_question: int = 1, per_question_test: int = 1
 ) -> list[str]:
     """The data card's "Preference pairs" section, with the command and the counts per kind."""
-    table = ["| split | " + " | ".join(KINDS) + " | total |", "|---" * (len(KINDS) + 2) + "|"]
-    for split in PAIR_FILES:
-        counts = kind_counts(pairs[split])
-        table.append(f"| {split} | " + " | ".join(str(counts[k]) for k in KINDS) + f" | {len(pairs[split])} |")
+    table = kind_table({split: pairs[split] for split in PAIR_FILES}, KINDS)
     return [
         README_HEADING,
         "",
@@ -219,30 +216,6 @@ def pairs_section(
         *table,
         "",
     ]
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What `check_dataset` found."""
-
-    counts: dict[str, int]
-    tiers: Counter[str]
-    failures: list[tuple[str, str]]  # (id, why)
-    shared_questions: int
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and self.shared_questions == 0
-
-    def summary(self) -> str:
-        total = sum(self.counts.values())
-        files = ", ".join(f"{name} {n}" for name, n in self.counts.items())
-        tiers = ", ".join(f"{tier} {self.tiers[tier]}" for tier in TIERS)
-        first = f"; first failure {self.failures[0][0]}: {self.failures[0][1]}" if self.failures else ""
-        return (
-            f"{'ok' if self.ok else 'FAILED'}: {total - len(self.failures)}/{total} rows and pairs check out "
-            f"({files}; questions {tiers}); {self.shared_questions} questions in both splits{first}"
-        )
 
 
 def row_failure(row: Row) -> str | None:
@@ -283,4 +256,5 @@ def check_dataset(data_dir: str | Path) -> CheckReport:
         tiers=tier_counts(row for rows in splits.values() for row in rows),
         failures=failures + pair_failures,
         shared_questions=len(set.intersection(*questions)),
+        checked="rows and pairs check out",
     )

@@ -20,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from pipelines.data.samples import TIERS
 from pipelines.mathqa.answers import extract_answer
 from pipelines.mathqa.generate import rebuild
-from pipelines.mathqa.problems import KINDS, TIERS
+from pipelines.mathqa.problems import KINDS
 
 ERROR_CATEGORIES = ("runaway_generation", "no_number", *KINDS, "other_wrong_answer")
 EXAMPLES_PER_CATEGORY = 3

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.data.samples import TIERS, read_jsonl
 from pipelines.errors import UserError
-from pipelines.mathqa.problems import TEMPLATES, TIERS, Problem, Template, make_problem
+from pipelines.mathqa.problems import TEMPLATES, Problem, Template, make_problem
 
 SPLITS = ("train", "test")
 DRAWS = 200  # tries for a new question before a template counts as used up
@@ -97,30 +98,7 @@ def rebuild(row: Mapping[str, Any]) -> Problem:
     return problem
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def load_jsonl(path: Path, required: Sequence[str], remedy: str) -> list[Row]:
-    """Rows of a JSONL file; a missing file, a bad line or a missing key is a `UserError` saying `remedy`."""
-    if not path.is_file():
-        raise UserError(f"{path} not found; {remedy}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not JSON ({err.msg}); {remedy}") from err
-            if not isinstance(row, dict) or not set(required) <= row.keys():
-                raise UserError(f"{path}:{number}: needs {', '.join(required)}; {remedy}")
-            rows.append(row)
-    return rows
-
-
 def load_split(data_dir: str | Path, split: str) -> list[Row]:
     """Rows of train.jsonl or test.jsonl in `data_dir`."""
     remedy = f"create it with `python -m pipelines.mathqa generate --out {data_dir}`"
-    return load_jsonl(Path(data_dir) / f"{split}.jsonl", ROW_KEYS, remedy)
+    return read_jsonl(Path(data_dir) / f"{split}.jsonl", ROW_KEYS, remedy)

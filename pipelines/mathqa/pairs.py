@@ -24,9 +24,10 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from pipelines.data.samples import read_jsonl, write_jsonl
 from pipelines.errors import UserError
 from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.generate import SPLITS, Row, load_jsonl, rebuild, write_jsonl
+from pipelines.mathqa.generate import SPLITS, Row, rebuild
 from pipelines.mathqa.problems import KINDS
 
 PAIR_FILES = {"train": "pairs_train.jsonl", "test": "pairs_test.jsonl"}
@@ -83,7 +84,7 @@ def check_pairs(data_dir: Path, splits: Mapping[str, Sequence[Row]]) -> tuple[di
     counts, failures = {}, []
     for split, name in PAIR_FILES.items():
         remedy = f"write it with `python -m pipelines.mathqa pairs --data {data_dir}`"
-        pairs = load_jsonl(data_dir / name, PAIR_KEYS, remedy)
+        pairs = read_jsonl(data_dir / name, PAIR_KEYS, remedy)
         counts[name.removesuffix(".jsonl")] = len(pairs)
         gold = {row["question"]: Fraction(row["answer"]) for row in splits[split]}
         for pair in pairs:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-TIERS = ("easy", "medium", "hard")
 KINDS = ("off_by_one", "wrong_operation", "sign_error", "forgotten_step", "order_of_operations", "wrong_factor")
 ANSWER_DECIMALS = 2  # a gold answer is exact with at most this many decimals
 EXACT_DECIMALS = 4  # other values are shown exactly up to this many decimals, else rounded

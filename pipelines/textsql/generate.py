@@ -10,7 +10,6 @@ question text, since the split is made on distinct (template, slot values) quest
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import string
 from collections import Counter
@@ -19,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.data.samples import TIERS, CheckReport, read_jsonl, write_jsonl
 from pipelines.errors import UserError
 from pipelines.textsql.execute import Row, execute, has_order_by, results_match, top_level_view
 from pipelines.textsql.pairs import pair_splits, readme_section
 from pipelines.textsql.schema import SCHEMA_SQL, build_database
 
-TIERS = ("easy", "medium", "hard")
 DB_NAME = "shop.sqlite"
 SPLITS = ("train", "test")
 
@@ -457,12 +456,6 @@ def _readme(splits: dict[str, list[dict[str, str]]], seed: int, pairs_section: S
     )
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in sorted(rows, key=lambda r: r["id"]):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def write_dataset(
     out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 200
 ) -> dict[str, Counter[str]]:
@@ -473,7 +466,7 @@ def write_dataset(
         splits = generate_rows(partial, seed=seed, n_train=n_train, n_test=n_test)
         pairs = pair_splits(partial, splits, seed=seed)  # for the README's counts; `pairs` writes the files
         for split in SPLITS:
-            _write_jsonl(out_dir / f"{split}.jsonl", splits[split])
+            write_jsonl(out_dir / f"{split}.jsonl", sorted(splits[split], key=lambda r: r["id"]))
         (out_dir / "README.md").write_text(_readme(splits, seed, readme_section(pairs, seed)), encoding="utf-8")
         partial.replace(out_dir / DB_NAME)
     finally:
@@ -483,47 +476,8 @@ def write_dataset(
 
 def load_split(data_dir: str | Path, split: str) -> list[dict[str, str]]:
     """Rows of one split file; a missing or malformed file is a `UserError` (the user can regenerate it)."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path} not found; create it with `python -m pipelines.textsql generate --out {data_dir}`")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not JSON ({err.msg})") from err
-            if not isinstance(row, dict) or not {"id", "question", "answer", "difficulty"} <= row.keys():
-                raise UserError(f"{path}:{number}: needs id, question, answer and difficulty")
-            rows.append(row)
-    return rows
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What `check_dataset` found: per-split row counts, gold queries that fail, shared questions."""
-
-    counts: dict[str, int]
-    tiers: Counter[str]
-    failures: list[tuple[str, str]]  # (id, why)
-    shared_questions: int
-
-    @property
-    def ok(self) -> bool:
-        """True when every gold query is usable and the splits share no question."""
-        return not self.failures and self.shared_questions == 0
-
-    def summary(self) -> str:
-        """One line for the terminal."""
-        total = sum(self.counts.values())
-        good = total - len(self.failures)
-        splits = ", ".join(f"{split} {n}" for split, n in self.counts.items())
-        tiers = ", ".join(f"{tier} {self.tiers[tier]}" for tier in TIERS)
-        first = f"; first failure {self.failures[0][0]}: {self.failures[0][1]}" if self.failures else ""
-        return (
-            f"{'ok' if self.ok else 'FAILED'}: {good}/{total} gold queries run with an informative result "
-            f"({splits}; {tiers}); {self.shared_questions} questions in both splits{first}"
-        )
+    remedy = f"create it with `python -m pipelines.textsql generate --out {data_dir}`"
+    return read_jsonl(Path(data_dir) / f"{split}.jsonl", ("id", "question", "answer", "difficulty"), remedy)
 
 
 def check_dataset(data_dir: str | Path) -> CheckReport:
@@ -550,4 +504,5 @@ def check_dataset(data_dir: str | Path) -> CheckReport:
         tiers=Counter(row["difficulty"] for row in itertools.chain(*splits.values())),
         failures=failures,
         shared_questions=len(set.intersection(*questions)),
+        checked="gold queries run with an informative result",
     )

@@ -21,12 +21,12 @@ Rules, so a pair is right by execution, not by opinion:
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipelines.data.samples import kind_table, write_jsonl
 from pipelines.errors import UserError
 from pipelines.textsql.execute import execute, has_order_by, results_match
 from pipelines.textsql.perturb import KINDS, candidates
@@ -119,9 +119,7 @@ def pair_splits(
 def write_pairs(data_dir: str | Path, pairs: Mapping[str, Sequence[Pair]]) -> None:
     """Write pairs_train.jsonl and pairs_test.jsonl into `data_dir`, one JSON object per line."""
     for split, name in PAIR_FILES.items():
-        with (Path(data_dir) / name).open("w", encoding="utf-8") as f:
-            for pair in pairs[split]:
-                f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+        write_jsonl(Path(data_dir) / name, pairs[split])
 
 
 def kind_counts(pairs: Sequence[Pair]) -> Counter[str]:
@@ -133,10 +131,7 @@ def readme_section(
     pairs: Mapping[str, Sequence[Pair]], seed: int = 0, per_question: int = 1, per_question_test: int = 1
 ) -> list[str]:
     """The data card's "Preference pairs" section (lines), with the command and the counts per kind."""
-    table = ["| split | " + " | ".join(KINDS) + " | total |", "|---" * (len(KINDS) + 2) + "|"]
-    for split in PAIR_FILES:
-        counts = kind_counts(pairs[split])
-        table.append(f"| {split} | " + " | ".join(str(counts[k]) for k in KINDS) + f" | {len(pairs[split])} |")
+    table = kind_table({split: pairs[split] for split in PAIR_FILES}, KINDS)
     return [
         README_HEADING,
         "",
