@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.eval.generation import (
+    NgramDrafter,
     decode,
     drop_prefix,
     forward_sharing_prefix,
@@ -159,3 +160,35 @@ def test_sampled_logprobs_equal_the_training_forward(model_and_batch, share_pref
     assert torch.allclose(trained[mask], rollout.logprobs[mask], atol=1e-4)
     assert torch.allclose(trained_part[part.response_mask.bool()], part.logprobs[part.response_mask.bool()], atol=1e-4)
     assert not torch.allclose(forward(model, rollout, 1.0)[1][mask], rollout.logprobs[mask], atol=1e-2)
+
+
+def test_ngram_drafter_proposes_what_followed_the_latest_earlier_occurrence() -> None:
+    drafter = NgramDrafter(order=2, history=2)
+    drafter.begin([[1, 2, 3, 4, 1, 2, 5, 6]])
+    (row,) = drafter.begin([[9, 1, 2]])
+    assert drafter.propose(row, 3) == [5, 6]  # "1 2" last continued with 5 6 (not with 3 4)
+    drafter.extend(row, [7])
+    assert drafter.propose(row, 2) == []  # 7 was never seen before
+    (other,) = drafter.begin([[8, 4]])
+    assert drafter.propose(other, 2) == [1, 2]  # falls back to the 1-gram "4"
+    drafter.begin([[0]])
+    (last,) = drafter.begin([[3]])
+    assert drafter.propose(last, 2) == []  # only the last `history` calls are remembered
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7])
+def test_drafted_decoding_gives_the_same_tokens_and_logprobs(model_and_batch, chat_batch, temperature) -> None:
+    """Speculative decoding keeps a drafted token only where it equals the model's own sample, so the
+    answers must not change; a drafter that saw these answers before gets most drafts right."""
+    model, tokenizer, _ = model_and_batch
+    ids, mask = chat_batch["input_ids"], chat_batch["attention_mask"]
+    args = (16, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    drafter = NgramDrafter()
+    torch.manual_seed(1)
+    plain = decode(model, ids, mask, *args)
+    for _ in range(2):  # the first pass indexes the answers, the second drafts from them
+        torch.manual_seed(1)
+        drafted = decode(model, ids, mask, *args, drafter=drafter, draft_tokens=2)
+        assert torch.equal(drafted.tokens, plain.tokens)
+        assert torch.allclose(drafted.logprobs, plain.logprobs, atol=1e-4)
+    assert drafter.accepted > 0.5 * drafter.drafted > 0

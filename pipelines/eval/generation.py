@@ -7,6 +7,8 @@ and its cache, and skips `generate`'s per-step machinery (logits processors, sto
 input preparation), which on this CPU costs as much as a third of each small-batch decode step.
 The prompt prefix all rows of a batch share (a chat template's system prompt) is computed once and
 its KV cache broadcast to every row (`forward_sharing_prefix`), in decoding and in PPO's forwards.
+With an `NgramDrafter`, each decode forward also checks a few drafted tokens a row (speculative
+decoding without a draft model); the sampled tokens are the same with or without it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -54,21 +56,83 @@ class Decoded(NamedTuple):
     logprobs: torch.Tensor  # [B, T] log-prob of each token under softmax(logits / temperature); 0 on padding
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, their log-probs): greedy with no temperature (log-probs of softmax(logits)); otherwise
-    a sample from softmax(logits / temperature), no top-k/top-p.
+def pick_tokens(
+    logits: torch.Tensor, temperature: float | None, uniforms: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, their log-probs) for rows of logits [N, V]: greedy with no temperature (log-probs of
+    softmax(logits)); otherwise a sample from softmax(logits / temperature), no top-k/top-p.
 
-    Sampled by inverting the CDF with one uniform number per row: on CPU `torch.multinomial` over a
-    49k vocabulary takes ~20 ms a step at batch 16, this ~2 ms.
+    Sampled by inverting the CDF at one uniform number per row (`uniforms`, drawn here if not given):
+    on CPU `torch.multinomial` over a 49k vocabulary takes ~20 ms a step at batch 16, this ~2 ms. A
+    token is a function of its row's logits and uniform, which is what makes drafts checkable.
     """
     if temperature is None:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits.float(), -1).gather(1, tokens[:, None]).squeeze(1)
     probs = torch.softmax(logits.double() / temperature, -1)
     cdf = probs.cumsum(-1)
-    draw = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(cdf.shape[0], device=cdf.device)
+    draw = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, draw).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log().float()
+
+
+class NgramDrafter:
+    """Draft tokens for speculative decoding, without a draft model: what followed the latest earlier
+    occurrence of the context's last n tokens (n = order, ..., 1), in the row's own prompt and answer
+    or in the sequences of the last `history` decode calls (earlier batches, earlier PPO rollouts).
+
+    Answers to templated prompts repeat (text-to-SQL: `SELECT ... FROM ... WHERE`), so drafts from
+    earlier answers are often right; `acceptance` (a running mean of the share of drafted tokens that
+    were right) decides whether drafting pays at full batch width. The index is rebuilt from the
+    recent sequences at each call, so `state_dict` (those sequences and `acceptance`) is all a
+    resumed run needs to draft exactly as the uninterrupted one.
+    """
+
+    def __init__(self, order: int = 3, history: int = 8) -> None:
+        self.order, self.history = order, history
+        self.recent: list[list[list[int]]] = []  # the sequences of each of the last `history` calls
+        self.table: dict[tuple[int, ...], tuple[list[int], int]] = {}
+        self.acceptance = 0.5
+        self.drafted = self.accepted = 0  # totals, for reports
+
+    def begin(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Index the recent sequences, then these prompts; returns the rows' sequences to `extend`."""
+        self.table = {}
+        for sequence in (s for call in self.recent for s in call):
+            self.extend([], sequence)
+        rows = []
+        for prompt in prompts:
+            rows.append([])
+            self.extend(rows[-1], prompt)
+        self.recent = [*self.recent, rows][-self.history :]
+        return rows
+
+    def extend(self, sequence: list[int], tokens: Sequence[int]) -> None:
+        for token in tokens:
+            sequence.append(token)
+            end = len(sequence) - 1  # the n-grams ending just before the new token continue with it
+            for n in range(1, min(self.order, end) + 1):
+                self.table[tuple(sequence[end - n : end])] = (sequence, end)
+
+    def propose(self, sequence: list[int], count: int) -> list[int]:
+        for n in range(min(self.order, len(sequence)), 0, -1):
+            hit = self.table.get(tuple(sequence[-n:]))
+            if hit is not None and (draft := hit[0][hit[1] : hit[1] + count]):
+                return draft
+        return []
+
+    def record(self, drafted: int, accepted: int) -> None:
+        if drafted:
+            self.acceptance = 0.95 * self.acceptance + 0.05 * accepted / drafted
+            self.drafted, self.accepted = self.drafted + drafted, self.accepted + accepted
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": self.recent, "acceptance": self.acceptance}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent, self.acceptance = state["recent"], float(state["acceptance"])
 
 
 class _BufferLayer(DynamicLayer):
@@ -101,6 +165,11 @@ class _BufferLayer(DynamicLayer):
     def batch_repeat_interleave(self, repeats: int) -> None:
         self.key_buffer = self.key_buffer.repeat_interleave(repeats, 0)
         self.value_buffer = self.value_buffer.repeat_interleave(repeats, 0)
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+    def drop_last(self, count: int) -> None:
+        """Forget the last `count` positions (rejected drafts); the next update overwrites them."""
+        self.length -= count
         self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
 
@@ -194,6 +263,12 @@ def forward_sharing_prefix(
     return model(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, **kwargs)
 
 
+# Drafting pays at any width once most drafts are right; with few rows left a forward costs about the
+# same for one token a row or a few (it reads the weights once either way), so it is tried there anyway.
+DRAFT_ACCEPTANCE = 0.3
+DRAFT_BELOW_ROWS = 6
+
+
 def decode(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -202,16 +277,23 @@ def decode(
     temperature: float | None,
     eos_id: int,
     pad_id: int,
+    drafter: NgramDrafter | None = None,
+    draft_tokens: int = 2,
 ) -> Decoded:
     """New tokens [B, <= max_new_tokens] for left-padded prompts (eos ends a row, padding after it),
     with the log-prob each was drawn with: PPO's old log-probs need no second forward.
 
     Finished rows leave the batch (and the KV cache), so the last long answers do not drag the
-    whole batch along. Positions come from the attention mask, as in training. Runs in inference
-    mode; the results are normal tensors, usable as inputs to a training forward.
+    whole batch along. Positions come from the attention mask, as in training. With a `drafter`,
+    each forward also checks up to `draft_tokens` drafted tokens a row (speculative decoding): every
+    position is still sampled from the model's own distribution with its own uniform number, and
+    a draft is kept only where it equals that sample, so the tokens do not depend on the drafts.
+    Runs in inference mode; the results are normal tensors, usable as inputs to a training forward.
     """
     with torch.inference_mode():
-        tokens, logprobs = _decode(model, input_ids, attention_mask, max_new_tokens, temperature, eos_id, pad_id)
+        tokens, logprobs = _decode(
+            model, input_ids, attention_mask, max_new_tokens, temperature, eos_id, pad_id, drafter, draft_tokens
+        )
     return Decoded(tokens.clone(), logprobs.clone())
 
 
@@ -223,45 +305,109 @@ def _decode(
     temperature: float | None,
     eos_id: int,
     pad_id: int,
+    drafter: NgramDrafter | None,
+    draft_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = input_ids.shape[0]
-    out = torch.full((batch, max_new_tokens), pad_id, dtype=input_ids.dtype, device=input_ids.device)
-    out_logprobs = torch.zeros(batch, max_new_tokens, device=input_ids.device)
+    batch, device = input_ids.shape[0], input_ids.device
+    out = torch.full((batch, max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
+    out_logprobs = torch.zeros(batch, max_new_tokens, device=device)
     if max_new_tokens <= 0 or batch == 0:
         return out[:, :0], out_logprobs[:, :0]
-    rows = torch.arange(batch, device=input_ids.device)  # row of `out` for each live batch entry
-    next_position = positions_from_mask(attention_mask)[:, -1:] + 1
+    # One uniform number per (row, answer position), whatever step samples it.
+    uniforms = torch.rand(batch, max_new_tokens, device=device) if temperature is not None else None
+    rows = torch.arange(batch, device=device)  # row of `out` for each live batch entry
+    produced = torch.zeros(batch, dtype=torch.long, device=device)
+    next_position = positions_from_mask(attention_mask)[:, -1:] + 1  # where the next input token sits
     prefix_length = shared_prefix_length(input_ids, attention_mask)
-    cache = buffered_cache(model, input_ids.shape[1] + max_new_tokens)
+    draft_tokens = draft_tokens if drafter is not None else 0
+    cache = buffered_cache(model, input_ids.shape[1] + max_new_tokens * (1 + draft_tokens))
+    if not all(isinstance(layer, _BufferLayer) for layer in cache.layers):
+        draft_tokens = 0  # rejected drafts are cropped from the cache: only plain layers can
+    sequences = (
+        drafter.begin([row[keep.bool()].tolist() for row, keep in zip(input_ids, attention_mask, strict=True)])
+        if drafter is not None and draft_tokens
+        else []
+    )
     logits = forward_sharing_prefix(
         model, input_ids, attention_mask, prefix_length, past_key_values=cache, use_cache=True, logits_to_keep=1
-    ).logits[:, -1]
+    ).logits
     if prefix_length:  # the cache now holds the prefix first, then each row's padding and the rest
         attention_mask = drop_prefix(input_ids, attention_mask, prefix_length)[1]
-    steps = 0
-    for step in range(max_new_tokens):
-        tokens, logprobs = pick_tokens(logits, temperature)
-        out[rows, step], out_logprobs[rows, step] = tokens, logprobs
-        steps = step + 1
-        live = tokens != eos_id
-        if not live.any() or steps == max_new_tokens:
+    drafts = torch.empty(batch, 0, dtype=input_ids.dtype, device=device)
+    after_prefill = True
+    while True:
+        # logits [R, 1 + D, V]: column c predicts answer position produced + c; input column c + 1 was draft c
+        live, width = logits.shape[:2]
+        columns = torch.arange(width, device=device)
+        at = produced[rows][:, None] + columns  # answer position of each column's token
+        picked = uniforms[rows[:, None], at.clamp(max=max_new_tokens - 1)].reshape(-1) if uniforms is not None else None
+        tokens, logprobs = pick_tokens(logits.reshape(live * width, -1), temperature, picked)
+        tokens, logprobs = tokens.view(live, width), logprobs.view(live, width)
+        accepted = (tokens[:, :-1] == drafts).long().cumprod(1).sum(1)
+        is_eos = (tokens == eos_id) & (columns <= accepted[:, None])
+        count = torch.where(is_eos.any(1), is_eos.long().argmax(1), accepted) + 1  # tokens this row keeps
+        kept = columns < count[:, None]
+        target = (rows[:, None].expand(-1, width)[kept], at[kept])
+        out[target], out_logprobs[target] = tokens[kept], logprobs[kept]
+        produced[rows] += count
+        if sequences:
+            drafter.record(int((drafts >= 0).sum()), int(accepted.sum()))
+            for row, row_tokens, n in zip(rows.tolist(), tokens.tolist(), count.tolist(), strict=True):
+                drafter.extend(sequences[row], row_tokens[:n])
+        if not after_prefill:  # keep the cache entries of the input token and the accepted drafts only
+            attention_mask[:, -width:] = kept.long()
+            surplus = width - int(count.max())
+            if surplus:
+                for layer in cache.layers:
+                    layer.drop_last(surplus)
+                attention_mask = attention_mask[:, :-surplus]
+            next_position = next_position + count[:, None]
+        after_prefill = False
+        ended = is_eos.any(1) | (produced[rows] >= max_new_tokens)
+        if ended.all():
             break
-        if not live.all():
-            keep = live.nonzero().squeeze(-1)
-            rows, tokens, next_position = rows[keep], tokens[keep], next_position[keep]
-            attention_mask = attention_mask[keep]
+        last = tokens.gather(1, (count - 1)[:, None])
+        if ended.any():
+            keep = (~ended).nonzero().squeeze(-1)
+            rows, last, next_position, attention_mask = (
+                rows[keep],
+                last[keep],
+                next_position[keep],
+                attention_mask[keep],
+            )
             for layer in cache.layers:
                 layer.batch_select_indices(keep)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], 1)
+        drafts = _propose(drafter, sequences, rows, produced, max_new_tokens, draft_tokens)
+        inputs = torch.cat([last, torch.where(drafts >= 0, drafts, pad_id)], 1)
+        attention_mask = torch.cat([attention_mask, torch.cat([torch.ones_like(last), (drafts >= 0).long()], 1)], 1)
         logits = model(
-            input_ids=tokens[:, None],
+            input_ids=inputs,
             attention_mask=attention_mask,
-            position_ids=next_position,
+            position_ids=next_position + torch.arange(inputs.shape[1], device=device),
             past_key_values=cache,
             use_cache=True,
-        ).logits[:, -1]
-        next_position = next_position + 1
+        ).logits
+    steps = int(produced.max())
     return out[:, :steps], out_logprobs[:, :steps]
+
+
+def _propose(
+    drafter: NgramDrafter | None,
+    sequences: list[list[int]],
+    rows: torch.Tensor,
+    produced: torch.Tensor,
+    max_new_tokens: int,
+    draft_tokens: int,
+) -> torch.Tensor:
+    """Drafts [R, D] for the live rows, -1 where a row has fewer; none while drafting does not pay."""
+    if drafter is None or not sequences or (len(rows) > DRAFT_BELOW_ROWS and drafter.acceptance < DRAFT_ACCEPTANCE):
+        return torch.empty(len(rows), 0, dtype=torch.long, device=rows.device)
+    budget = (max_new_tokens - 1 - produced[rows]).clamp(max=draft_tokens).tolist()
+    proposed = [
+        drafter.propose(sequences[row], n) if n > 0 else [] for row, n in zip(rows.tolist(), budget, strict=True)
+    ]
+    width = max(map(len, proposed))
+    return torch.tensor([p + [-1] * (width - len(p)) for p in proposed], dtype=torch.long, device=rows.device)
 
 
 @torch.no_grad()
@@ -282,6 +428,7 @@ def generate(
     was_training = model.training
     model.eval()
     results: list[Generation | None] = [None] * len(texts)
+    drafter = NgramDrafter()  # later batches draft from the answers of earlier ones
     produced, start = 0, time.perf_counter()
     try:
         with tqdm(total=len(texts), desc=desc, unit="prompt") as bar:
@@ -302,6 +449,7 @@ def generate(
                     temperature if do_sample else None,
                     tokenizer.eos_token_id,
                     tokenizer.pad_token_id,
+                    drafter,
                 )
                 for row, i in zip(new_tokens.tolist(), index, strict=True):
                     hit_eos = tokenizer.eos_token_id in row

@@ -52,6 +52,13 @@ class PPOConfig(TrainingArguments):
     generation_batch_size: int = dataclasses.field(
         default=64, metadata={"help": "Prompts per generate() call in rollouts and evaluation."}
     )
+    draft_tokens: int = dataclasses.field(
+        default=2,
+        metadata={
+            "help": "Speculative decoding: tokens drafted from n-grams of earlier rollouts and the prompt, checked "
+            "per row in each decode forward; the samples are the same, only faster when drafts are right. 0: off."
+        },
+    )
     share_prompt_prefix: bool = dataclasses.field(
         default=True,
         metadata={
@@ -97,6 +104,8 @@ class PPOConfig(TrainingArguments):
                 f"rollout_batch_size={self.rollout_batch_size} must be a multiple of per_device_train_batch_size * "
                 f"gradient_accumulation_steps = {minibatch}"
             )
+        if self.draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 (PPO samples its rollouts)")
         if self.max_steps <= 0:

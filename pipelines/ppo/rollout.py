@@ -15,7 +15,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from pipelines.eval.generation import Messages, decode, forward_sharing_prefix, render_prompts, shared_prefix_length
+from pipelines.eval.generation import (
+    Messages,
+    NgramDrafter,
+    decode,
+    forward_sharing_prefix,
+    render_prompts,
+    shared_prefix_length,
+)
 
 
 @dataclasses.dataclass
@@ -89,8 +96,11 @@ def sample(
     temperature: float | None,
     batch_size: int,
     stop_strings: list[str] | None = None,
+    drafter: NgramDrafter | None = None,
+    draft_tokens: int = 2,
 ) -> Rollout:
-    """Sample (or, with temperature None, greedily decode) one response per prompt."""
+    """Sample (or, with temperature None, greedily decode) one response per prompt; a `drafter`
+    (kept across rollouts) speeds decoding up without changing the samples."""
     texts = render_prompts(tokenizer, prompts)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -120,7 +130,7 @@ def sample(
             chunks.append(output[:, ids.shape[1] :])
         else:
             eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-            tokens, logprobs = decode(model, ids, mask, max_new_tokens, temperature, eos, pad)
+            tokens, logprobs = decode(model, ids, mask, max_new_tokens, temperature, eos, pad, drafter, draft_tokens)
             chunks.append(tokens)
             logprob_chunks.append(logprobs)
     width = max(c.shape[1] for c in chunks)

@@ -4,7 +4,8 @@ Each update maps to the equations in `core.py`; the tricks of "The N+ implementa
 RLHF with PPO" used here are named where they happen. Everything needed to continue a run
 (policy, value head, optimizer, scheduler, RNG, KL controller, score statistics, step) is saved
 in `checkpoint-N/`; the prompt order is a function of the step, so a resumed run sees the same
-prompts an uninterrupted one would.
+prompts an uninterrupted one would, and the rollout drafter's recent answers are saved too, so it
+decodes exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
-from pipelines.eval.generation import Messages
+from pipelines.eval.generation import Messages, NgramDrafter
 from pipelines.ppo import core
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import RewardSource
@@ -33,6 +34,7 @@ from pipelines.ppo.rollout import Rollout, forward, micro_batches, sample, token
 from pipelines.runner.run import METRICS_FILE, append_metrics
 
 STATE_FILE = "ppo_state.json"
+DRAFTER_FILE = "drafter_state_{rank}.json"
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -120,6 +122,7 @@ class PPOTrainer:
         scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, config.max_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         self.ref_policy = ref_policy.to(self.accelerator.device).eval() if ref_policy is not None else None
+        self.drafter = NgramDrafter()  # n-grams of earlier rollouts draft the next ones' tokens
         self.kl_ctl = core.KLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.score_moments = RunningMoments()
         self.step = 0
@@ -173,6 +176,8 @@ class PPOTrainer:
                 config.temperature,
                 config.generation_batch_size,
                 config.stop_strings,
+                self.drafter,
+                config.draft_tokens,
             )
         mask = rollout.response_mask.float()
         # The old log-probs are those the tokens were sampled with, as TRL takes them from generate's
@@ -307,6 +312,9 @@ class PPOTrainer:
     def save_checkpoint(self) -> None:
         directory = self.output_dir / f"checkpoint-{self.step}"
         self.accelerator.save_state(str(directory))
+        drafter_file = directory / DRAFTER_FILE.format(rank=self.accelerator.process_index)
+        drafter_file.write_text(json.dumps(self.drafter.state_dict()))  # each process drafts from its own rollouts
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state = {
                 "global_step": self.step,
@@ -328,6 +336,9 @@ class PPOTrainer:
         self.step = int(state["global_step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         vars(self.score_moments).update(state["score_moments"])
+        drafter_file = Path(directory) / DRAFTER_FILE.format(rank=self.accelerator.process_index)
+        if drafter_file.is_file():
+            self.drafter.load_state_dict(json.loads(drafter_file.read_text()))
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -344,6 +355,8 @@ class PPOTrainer:
                 None,
                 self.config.generation_batch_size,
                 self.config.stop_strings,
+                self.drafter,
+                self.config.draft_tokens,
             )
         scores = self._score(rollout)
         return {
