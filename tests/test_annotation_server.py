@@ -216,6 +216,49 @@ def test_the_worker_recomputes_statuses_when_the_overlap_changes(argilla_server,
     assert dataset.progress() == {"total": 3, "completed": 0, "pending": 3}
 
 
+def test_bulk_upserts_keep_argillas_checks_and_statuses(argilla_server, client) -> None:
+    """What annotation/server_app.py's record patches must keep: a new record is checked (its fields, and its
+    responses when it has some) as Argilla checks it, and each upserted record's status follows its submitted
+    responses, whether it was just created, given a response, or updated without one."""
+    dataset = make_dataset(client, ["seed"])
+    headers = {"X-Argilla-Api-Key": argilla_server.api_key}
+    with httpx.Client(base_url=f"{argilla_server.url}/api/v1", headers=headers, timeout=30) as http:
+        me = http.get("/me").json()["id"]
+        submitted = [{"user_id": me, "status": "submitted", "values": {"label": {"value": "good"}}}]
+
+        def upsert(*items: dict) -> httpx.Response:
+            return http.put(f"/datasets/{dataset.id}/records/bulk", json={"items": list(items)})
+
+        def statuses() -> dict[str, str]:
+            records = http.get(f"/datasets/{dataset.id}/records", params={"limit": 100}).json()["items"]
+            return {r["external_id"]: r["status"] for r in records if r["external_id"] in ("a", "b")}
+
+        extra = upsert({"external_id": "a", "fields": {"text": "ok"}}, {"external_id": "b", "fields": {"other": "x"}})
+        assert extra.status_code == 422
+        assert "Record at position 1 is not valid because missing required value for field: 'text'" in extra.text
+        bad = [{"user_id": me, "status": "submitted", "values": {"label": {"value": "ugly"}}}]
+        refused = upsert({"external_id": "b", "fields": {"text": "b"}, "responses": bad})
+        assert refused.status_code == 422 and "record does not have valid responses" in refused.text
+        assert statuses() == {}
+
+        created = upsert(
+            {"external_id": "a", "fields": {"text": "a"}},
+            {"external_id": "b", "fields": {"text": "b"}, "responses": submitted},
+        )
+        assert created.status_code == 200, created.text
+        assert [(r["external_id"], r["status"], len(r["responses"])) for r in created.json()["items"]] == [
+            ("a", "pending", 0),
+            ("b", "completed", 1),
+        ]
+        answered = upsert({"external_id": "a", "responses": submitted}, {"external_id": "b", "fields": {"text": "c"}})
+        assert answered.status_code == 200, answered.text
+        assert [(r["status"], r["fields"]["text"]) for r in answered.json()["items"]] == [
+            ("completed", "a"),
+            ("completed", "c"),
+        ]
+        assert statuses() == {"a": "completed", "b": "completed"}
+
+
 # ---------------------------------------------------------------------------- the search engine
 
 
