@@ -249,18 +249,23 @@ def forward_sharing_prefix(
     cache = past_key_values if past_key_values is not None else DynamicCache(config=model.config)
     start = int(attention_mask[0].argmax())
     prefix = input_ids[:1, start : start + prefix_length]
-    prefix_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}
+    rest_ids, full_mask = drop_prefix(input_ids, attention_mask, prefix_length)
+    inputs: dict[str, torch.Tensor] = {"input_ids": prefix}
+    rest: dict[str, torch.Tensor] = {"input_ids": rest_ids}
+    if torch.is_grad_enabled():  # one embedding lookup: its backward writes a vocabulary-sized gradient
+        vectors = model.get_input_embeddings()(torch.cat([prefix.flatten(), rest_ids.flatten()]))
+        inputs = {"inputs_embeds": vectors[:prefix_length][None]}
+        rest = {"inputs_embeds": vectors[prefix_length:].view(*rest_ids.shape, -1)}
     model(
-        input_ids=prefix,
+        **inputs,
         attention_mask=torch.ones_like(prefix),
         position_ids=torch.arange(prefix_length, device=prefix.device)[None],
         past_key_values=cache,
-        **prefix_kwargs,
+        **({"logits_to_keep": 1} if "logits_to_keep" in kwargs else {}),
     )
     cache.batch_repeat_interleave(len(input_ids))
-    rest_ids, full_mask = drop_prefix(input_ids, attention_mask, prefix_length)
     positions = positions_from_mask(full_mask)[:, prefix_length:]
-    return model(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, **kwargs)
+    return model(**rest, attention_mask=full_mask, position_ids=positions, past_key_values=cache, **kwargs)
 
 
 # Drafting pays at any width once most drafts are right; with few rows left a forward costs about the
