@@ -27,6 +27,7 @@ BENCHMARKS = {
     "rollout": "bench.rollout",
     "ppo_vs_trl": "bench.ppo_vs_trl",
     "curation": "bench.curation",
+    "annotation_ingest": "bench.annotation_ingest",
 }
 
 

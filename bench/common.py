@@ -150,6 +150,7 @@ class Verdict:
     unit: str
     target: float | None
     note: str = ""
+    condition_met: bool = True  # a side condition of the target (e.g. PPO's reward gain), stated in the note
 
     @property
     def ratio(self) -> float:
@@ -159,7 +160,7 @@ class Verdict:
     def status(self) -> str:
         if self.target is None:
             return "INFO"
-        return "PASS" if self.ratio >= self.target else "MISS"
+        return "PASS" if self.ratio >= self.target and self.condition_met else "MISS"
 
     def line(self) -> str:
         target = f">= {self.target:g}" if self.target is not None else "none"
