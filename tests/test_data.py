@@ -271,6 +271,23 @@ def test_single_row_cannot_be_split(tmp_path: Path) -> None:
         load_splits(DataArguments(dataset=str(path)), seed=0)
 
 
+def test_train_and_eval_files_of_different_shapes_are_each_detected(tmp_path: Path, tiny_model: Path) -> None:
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from pipelines.sft.__main__ import build_datasets
+
+    exported = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]  # what an Argilla export holds
+    args = DataArguments(dataset=str(write_rows(tmp_path / "export.jsonl", exported)))
+    args.eval_dataset = str(write_rows(tmp_path / "held_out.jsonl", ROWS))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    train, held_out = build_datasets(args, tokenizer, SimpleNamespace(seed=0, max_length=64))  # the keys it reads
+    assert train[0]["prompt"] == user_turn("q0")
+    assert held_out[0]["prompt"] == user_turn(ROWS[0]["question"])
+    assert held_out[0]["completion"] == assistant_turn(ROWS[0]["answer"])
+
+
 # --- prompts that fill max_length ---------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ rejects bad input with one line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -74,7 +75,7 @@ def test_ppo_raises_a_rule_based_reward_while_kl_stays_bounded(run_cli, sft_poli
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
     assert max(r["objective/kl"] for r in rows) < 1.5 * kl_target
-    for row, following in zip(rows, rows[1:]):  # beta rises after a step over the target, falls after one under
+    for row, following in itertools.pairwise(rows):  # beta rises after a step over the target, falls after one under
         if row["objective/kl"] != kl_target:
             assert (following["kl_coef"] > row["kl_coef"]) == (row["objective/kl"] > kl_target), (row, following)
     assert min(r["objective/kl"] for r in rows) >= 0.0  # k3 never goes negative

@@ -69,10 +69,13 @@ class GenerationEvalArguments:
 
 def build_datasets(data_args: DataArguments, tokenizer: Any, training_args: SFTConfig) -> tuple[Any, Any]:
     train_rows, eval_rows = load_splits(data_args, training_args.seed)
-    mapping = detect_mapping(train_rows.column_names, data_args.columns)
     datasets = []
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
-        formatted = to_training_format(rows, mapping, data_args.system_prompt)
+        # Each split's own columns: an Argilla export (prompt/completion) may be held out
+        # against a file (question/answer).
+        formatted = to_training_format(
+            rows, detect_mapping(rows.column_names, data_args.columns), data_args.system_prompt
+        )
         datasets.append(drop_overlong_prompts(formatted, tokenizer, training_args.max_length, name))
     if "messages" in datasets[0].column_names and not training_args.assistant_only_loss:
         print("note: messages data trains on every token; set assistant_only_loss: true to train on replies only")
