@@ -150,20 +150,18 @@ def skip_reloading_new_bare_records() -> None:
         return found
 
     async def upsert_relationships_noted(self: Any, records: list, records_create: list) -> None:
-        await upsert_relationships(self, records, records_create)
-        found = getattr(self, "annotation_found", None)
-        if found is None:  # the create endpoint: stock
-            return
-        existing = {record.id for record in found.values()}
+        found = getattr(self, "annotation_found", None)  # None on the create endpoint: stock
+        existing = {record.id for record in found.values()} if found is not None else None
         datasets: dict = {}
         for record, create in zip(records, records_create, strict=True):
-            if record.id in existing or create.suggestions or create.responses or create.vectors:
+            if existing is None or record.id in existing or create.suggestions or create.responses or create.vectors:
                 continue
             if record.dataset_id not in datasets:
                 datasets[record.dataset_id] = await self._db.get(Dataset, record.dataset_id)
             set_committed_value(record, "dataset", datasets[record.dataset_id])
             for key in _RELATED[1:]:
                 set_committed_value(record, key, [])
+        await upsert_relationships(self, records, records_create)
 
     async def update_statuses_of_unloaded(db: Any, records: list) -> None:
         unloaded = _unloaded(records, ("dataset", "responses_submitted"))
