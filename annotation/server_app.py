@@ -123,10 +123,8 @@ _RELATED = ("dataset", "responses", "responses_submitted", "suggestions", "vecto
 
 
 def _unloaded(records: list, keys: tuple[str, ...]) -> list:
-    """The records that still have one of `keys` to load."""
-    from sqlalchemy import inspect
-
-    return [record for record in records if not inspect(record).unloaded.isdisjoint(keys)]
+    """The records that still have one of the relationships `keys` to load (Argilla's own test: in `__dict__`)."""
+    return [record for record in records if not all(key in record.__dict__ for key in keys)]
 
 
 def skip_reloading_new_bare_records() -> None:
