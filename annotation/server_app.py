@@ -167,9 +167,9 @@ def skip_reloading_new_bare_records() -> None:
             return await update_statuses(db, records)
         if unloaded:
             await update_statuses(db, unloaded)
-        loaded = set(map(id, unloaded))
+        reread = set(map(id, unloaded))  # their statuses are set by the stock code above
         for record in records:
-            if id(record) not in loaded:
+            if id(record) not in reread:
                 await distribution._update_record_status(db, record)
 
     async def preload_unloaded(db: Any, records: list) -> None:
