@@ -1,6 +1,6 @@
 """Run the benchmarks in sequence, each in its own process; one line each, JSON in bench/results/.
 
-python -m bench                          # all of them on SmolLM2-135M (~60 min on 2 cores)
+python -m bench                          # all of them on SmolLM2-135M (~35 min on 2 cores)
 python -m bench --quick                  # tiny-llama smoke test of the whole set (~2-4 min)
 python -m bench --only sft_vs_trl        # one (or several: --only packing,mfu)
 python -m bench.sft_vs_trl --help        # each benchmark is also a script with its own knobs
