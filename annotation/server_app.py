@@ -97,6 +97,16 @@ def validate_without_throwaway_records() -> None:
     RecordCreateValidator.validate = classmethod(validate)
 
 
+def _loaded(record: Any, keys: tuple[str, ...]) -> bool:
+    """Whether the ORM record holds the attributes `keys` (SQLAlchemy's own test: in `__dict__`, not expired)."""
+    return all(key in record.__dict__ for key in keys)
+
+
+def _unloaded(records: list, keys: tuple[str, ...]) -> list:
+    """The records that still have one of the attributes `keys` to load."""
+    return [record for record in records if not _loaded(record, keys)]
+
+
 def write_only_changed_statuses() -> None:
     """Argilla sets every upserted record's status, changed or not, and adds the record to the session again: each
     assignment marks the record dirty, so the commit flushes all 500 to find nothing to write, and each add cascades
@@ -105,12 +115,11 @@ def write_only_changed_statuses() -> None:
     added as before."""
     from argilla_server.contexts import distribution
     from argilla_server.enums import RecordStatus
-    from sqlalchemy import inspect
 
     async def update_status(db: Any, record: Any) -> Any:
         submitted = len(record.responses_submitted) >= record.dataset.distribution["min_submitted"]
         status = RecordStatus.completed if submitted else RecordStatus.pending
-        if "status" in inspect(record).unloaded or record.status != status:
+        if not _loaded(record, ("status",)) or record.status != status:
             record.status = status
         if record not in db:
             db.add(record)
@@ -120,11 +129,6 @@ def write_only_changed_statuses() -> None:
 
 
 _RELATED = ("dataset", "responses", "responses_submitted", "suggestions", "vectors")
-
-
-def _unloaded(records: list, keys: tuple[str, ...]) -> list:
-    """The records that still have one of the relationships `keys` to load (Argilla's own test: in `__dict__`)."""
-    return [record for record in records if not all(key in record.__dict__ for key in keys)]
 
 
 def skip_reloading_new_bare_records() -> None:
