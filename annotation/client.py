@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 if TYPE_CHECKING:
     import argilla as rg

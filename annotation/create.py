@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from annotation import schemas
 from annotation.client import connect, find_dataset, split_address
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 if TYPE_CHECKING:
     import argilla as rg

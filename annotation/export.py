@@ -53,9 +53,9 @@ from annotation.unify import (
     outcome_counts,
     unify,
 )
+from pipelines.cli import UserError, cli_entry
 from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
-from pipelines.errors import UserError, cli_entry
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
 SFT_FORMATS = ("prompt-completion", "messages")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from annotation import schemas
 from annotation.client import connect, find_dataset, split_address
 from annotation.unify import Answer, PulledRecord
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 if TYPE_CHECKING:
     import argilla as rg

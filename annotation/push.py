@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from annotation import schemas
+from pipelines.cli import UserError, cli_entry
 from pipelines.data.formats import PROMPT_COLUMNS, detect_mapping, parse_columns
 from pipelines.data.sources import load_source
-from pipelines.errors import UserError, cli_entry
 
 if TYPE_CHECKING:
     import argilla as rg

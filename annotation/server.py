@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = Path(__file__).with_name("server-requirements.txt")

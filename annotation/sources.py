@@ -17,8 +17,8 @@ from datasets import Dataset
 
 from annotation.export import ExportConfig, build_export
 from annotation.pull import pull_dataset
+from pipelines.cli import UserError
 from pipelines.data.sources import register_scheme
-from pipelines.errors import UserError
 
 NUMERIC_KEYS = {"min_submitted": int, "min_rating": float}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation.client import connect
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 ROLES = ("annotator", "admin", "owner")
 

@@ -4,11 +4,11 @@
     python -m bench.generation --quick    # tiny-llama smoke test
 
 Held-out prompts (data/textsql/test.jsonl, chat-formatted as the eval step does) go through
-`pipelines.eval.generation.generate` (length-sorted, left-padded batches, KV cache) at each batch
+`pipelines.runner.generate_texts` (length-sorted, left-padded batches, KV cache) at each batch
 size, and through plain `model.generate` one prompt at a time. tokens/s counts generated tokens up
 to and including eos (padding of finished rows is not counted). Wider batches need more prompts:
 each size runs on max(its batch, a minimum) prompts. The line compares the widest batch with the
-plain loop; no target (DESIGN.md §3 measured batch 1 ≈ 10, batch 64 ≈ 81 tokens/s).
+plain loop; no target (on a 2-core AVX2 CPU batch 1 gave about 10, batch 64 about 81 tokens/s).
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from pipelines.eval.generation import generate
-    from pipelines.runner import load_tokenizer
+    from pipelines.runner import generate_texts, load_tokenizer
 
     model_dir = model_path(TINY if args.quick else SMOLLM2)
     min_prompts = args.min_prompts or (4 if args.quick else 8)
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
-    generate(model, tokenizer, prompts[:2], max_new_tokens=16, batch_size=2, desc="warm-up")
+    generate_texts(model, tokenizer, prompts[:2], max_new_tokens=16, batch_size=2, desc="warm-up")
 
     plain_prompts = prompts[:min_prompts]
     plain = {"loadavg": loadavg(), **plain_generate(model, tokenizer, plain_prompts, args.max_new_tokens)}
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in BATCH_SIZES:
         subset = prompts[: max(size, min_prompts)]
         load = loadavg()
-        generations, stats = generate(
+        generations, stats = generate_texts(
             model, tokenizer, subset, max_new_tokens=args.max_new_tokens, batch_size=size, desc=f"generate b={size}"
         )
         batched[size] = {

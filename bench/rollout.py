@@ -7,7 +7,7 @@
 Both sides sample (temperature 0.7, no top-k/top-p, like the PPO default config) the same
 batches of training prompts at the default rollout batch (16), left-padded, with the KV cache;
 the two sides alternate which goes first, so drift in machine load hits both. tokens/s counts response tokens up
-to and including eos. `sample` uses `pipelines.eval.generation.decode` (finished rows leave the
+to and including eos. `sample` uses `pipelines.runner.decode` (finished rows leave the
 batch, KV written into a buffer, CDF sampling, the shared chat-template prefix computed once, and
 speculative decoding with an n-gram drafter kept across the batches, as the PPO trainer keeps one
 across updates: the first batch drafts from its prompts only); the peer is `model.generate` as a
@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     apply_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from pipelines.eval.generation import NgramDrafter, render_prompts
     from pipelines.ppo.rollout import sample
-    from pipelines.runner import load_tokenizer
+    from pipelines.runner import NgramDrafter, load_tokenizer, render_prompts
 
     config = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
     batch_size, temperature = config["rollout_batch_size"], config["temperature"]

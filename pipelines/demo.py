@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 from pipelines.models import PROJECT_ROOT, SMOLLM2
 
 STAGES = ("annotation", "sft", "reward", "ppo", "compare")

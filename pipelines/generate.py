@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "text")
 
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import ModelConfig
 
-    from pipelines.eval.generation import generate
+    from pipelines.runner import generate_texts
     from pipelines.runner.modeling import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, ModelConfig(), use_bf16=False)
     if prompts is not None:
-        generations, stats = generate(
+        generations, stats = generate_texts(
             model,
             tokenizer,
             [_messages(p, args.system) for p in prompts],

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 if TYPE_CHECKING:  # transformers is imported lazily: `list` must stay instant
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

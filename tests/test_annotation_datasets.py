@@ -18,7 +18,7 @@ import pytest
 from datasets import Dataset
 
 from annotation.push import _row_dicts, build_records, column_mapping
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

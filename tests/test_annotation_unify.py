@@ -13,7 +13,7 @@ from annotation import schemas
 from annotation.export import ExportConfig, build_export, read_pulled, report, write_versioned
 from annotation.pull import write_pulled
 from annotation.unify import Answer, PulledRecord, UnifyConfig, agreement, annotator_counts, unify
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 
 def ranking(*order: int) -> list[dict[str, Any]]:

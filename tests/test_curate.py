@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from pipelines.cli import UserError
 from pipelines.data import dedup, filters, select
 from pipelines.data.curate import CurationConfig, DedupStep, FilterStep, SelectStep, StatsStep, curate, main
 from pipelines.data.fields import ROW, TOKENS, add_token_counts, load_fast_tokenizer, token_lengths
-from pipelines.errors import UserError
 
 DISTINCT = [
     "How do I reset my password if I no longer have access to my email?",

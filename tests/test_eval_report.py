@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 from pipelines.eval import harness
 from pipelines.eval.__main__ import main as eval_main
 from pipelines.eval.compare import win_rates
 from pipelines.eval.report import build_report
-from pipelines.textsql.evaluate import evaluate_predictions
+from pipelines.tasks.textsql.evaluate import evaluate_predictions
 from tests.browser import artifact, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]

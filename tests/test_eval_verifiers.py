@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 from pipelines.eval.__main__ import main as eval_main
 from pipelines.eval.report import build_report
 from pipelines.eval.verifiers import pick_verifier
-from pipelines.mathqa.evaluate import ERROR_CATEGORIES
+from pipelines.tasks.mathqa.evaluate import ERROR_CATEGORIES
 
 REPO = Path(__file__).resolve().parents[1]
 SQL_DB = REPO / "data" / "textsql" / "shop.sqlite"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipelines.eval.generation import (
+from pipelines.ppo.rollout import forward, sample
+from pipelines.runner.decoding import (
     NgramDrafter,
     decode,
     drop_prefix,
@@ -22,7 +23,6 @@ from pipelines.eval.generation import (
     render_prompts,
     shared_prefix_length,
 )
-from pipelines.ppo.rollout import forward, sample
 
 SMOLLM2 = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct"
 PROMPTS = ["SELECT name FROM", "How many orders were placed in total last year by customers?", "Hi"]

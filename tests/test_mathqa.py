@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from pipelines.data.samples import TIERS
-from pipelines.mathqa.__main__ import main
-from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.dataset import check_dataset, write_dataset
-from pipelines.mathqa.evaluate import evaluate_predictions
-from pipelines.mathqa.generate import load_split, rebuild
-from pipelines.mathqa.problems import KINDS
-from pipelines.mathqa.reward import CORRECT_REWARD, DATA_ENV, NO_ANSWER_REWARD, WRONG_ANSWER_REWARD, answer_reward
+from pipelines.tasks.mathqa.__main__ import main
+from pipelines.tasks.mathqa.answers import extract_answer
+from pipelines.tasks.mathqa.dataset import check_dataset, write_dataset
+from pipelines.tasks.mathqa.evaluate import evaluate_predictions
+from pipelines.tasks.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.questions import load_split, rebuild
+from pipelines.tasks.mathqa.reward import CORRECT_REWARD, DATA_ENV, NO_ANSWER_REWARD, WRONG_ANSWER_REWARD, answer_reward
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "mathqa"
 FILES = ("train.jsonl", "test.jsonl", "pairs_train.jsonl", "pairs_test.jsonl", "README.md")
@@ -34,7 +34,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_same_seed_gives_identical_files_and_shipped_data_is_the_default(tmp_path: Path) -> None:
-    write_dataset(tmp_path)  # the defaults of `python -m pipelines.mathqa generate`
+    write_dataset(tmp_path)  # the defaults of `python -m pipelines.tasks.mathqa generate`
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), f"regenerate data/mathqa ({name})"
 
@@ -95,7 +95,7 @@ def test_reward_scores_the_shipped_pairs_chosen_right_rejected_wrong() -> None:
 
 
 def test_reward_names_the_folder_when_a_prompt_is_unknown(monkeypatch: pytest.MonkeyPatch, small: Path) -> None:
-    from pipelines.errors import UserError
+    from pipelines.cli import UserError
 
     monkeypatch.setenv(DATA_ENV, str(small))
     with pytest.raises(UserError, match=DATA_ENV):

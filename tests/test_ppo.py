@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipelines.eval.reward import score
 from pipelines.ppo.rewards import TokenRewardModel
 from pipelines.ppo.rollout import response_mask
+from pipelines.runner import score_conversations as score
 
 REPO = Path(__file__).resolve().parents[1]
 PPO_TINY = REPO / "configs" / "ppo" / "tiny.yaml"

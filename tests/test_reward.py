@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+from pipelines.cli import UserError
 from pipelines.data.preferences import ranking_to_pairs, to_preference_format
-from pipelines.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 REWARD_TINY = REPO / "configs" / "reward" / "tiny.yaml"

@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, run_cli
     if missing:
         pytest.fail(
             f"configs/sft/tiny.yaml trains on {', '.join(missing)}, which does not exist: generate the text-to-SQL "
-            "sample data (pipelines/textsql) first",
+            "sample data (pipelines/tasks/textsql) first",
             pytrace=False,
         )
     output_dir = tmp_path_factory.mktemp("tiny-sft") / "run"

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipelines.data.sources import DataArguments, load_splits, log_metrics_to_table
-from pipelines.errors import UserError
+from pipelines.cli import UserError
+from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
 from pipelines.runner import run as runner
 from pipelines.runner.config import resolved_config
 from pipelines.sft.__main__ import main as sft_main
@@ -183,8 +183,9 @@ def test_sft_run_from_a_sqlite_view_writes_its_metrics_to_a_table(
 def test_metrics_table_on_postgresql_stores_json_and_nan_as_null(
     postgres: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(runner, "METRICS_SINKS", [])
-    log_metrics_to_table(DataArguments(dataset=postgres.url(), metrics_table="ppo_metrics"))
+    monkeypatch.setattr(
+        runner, "METRICS_SINKS", metrics_sinks(DataArguments(dataset=postgres.url(), metrics_table="ppo_metrics"))
+    )
     metrics_file = tmp_path / "ppo-run" / "metrics.jsonl"
     runner.append_metrics(metrics_file, {"step": 1, "objective/kl": 0.25, "loss/value": math.nan})
     runner.append_metrics(metrics_file, {"step": 2, "objective/kl": 0.5, "loss/value": 1.0})

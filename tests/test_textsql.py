@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.textsql import (
+from pipelines.tasks.textsql import (
     KINDS,
     TIERS,
     check_dataset,
@@ -21,8 +21,8 @@ from pipelines.textsql import (
     results_match,
     write_dataset,
 )
-from pipelines.textsql.__main__ import main
-from pipelines.textsql.generate import load_split
+from pipelines.tasks.textsql.__main__ import main
+from pipelines.tasks.textsql.questions import load_split
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "textsql"
 FILES = ("shop.sqlite", "train.jsonl", "test.jsonl", "README.md")
@@ -45,7 +45,7 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
 
 
 def test_shipped_data_is_what_the_generator_writes(tmp_path: Path) -> None:
-    write_dataset(tmp_path)  # the defaults of `python -m pipelines.textsql generate`
+    write_dataset(tmp_path)  # the defaults of `python -m pipelines.tasks.textsql generate`
     for file in ("train.jsonl", "test.jsonl", "README.md"):
         assert (tmp_path / file).read_text() == (SHIPPED / file).read_text(), f"regenerate data/textsql ({file})"
     assert (SHIPPED / "shop.sqlite").stat().st_size < 200_000

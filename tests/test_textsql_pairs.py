@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import UserError
-from pipelines.textsql import KINDS, execute, execution_match
-from pipelines.textsql.__main__ import main
-from pipelines.textsql.evaluate import ERROR_CATEGORIES, evaluate_predictions, failure_category
-from pipelines.textsql.generate import load_split
-from pipelines.textsql.pairs import PAIR_FILES, make_pairs, pair_splits, question_pairs
-from pipelines.textsql.reward import (
+from pipelines.cli import UserError
+from pipelines.tasks.textsql import KINDS, execute, execution_match
+from pipelines.tasks.textsql.__main__ import main
+from pipelines.tasks.textsql.evaluate import ERROR_CATEGORIES, evaluate_predictions, failure_category
+from pipelines.tasks.textsql.pairs import PAIR_FILES, make_pairs, pair_splits, question_pairs
+from pipelines.tasks.textsql.questions import load_split
+from pipelines.tasks.textsql.reward import (
     CORRECT_REWARD,
     DATA_ENV,
     FAILED_REWARD,

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from annotation.server import ENGINE, REPO_ROOT, ensure_server_venv
-from pipelines.errors import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry
 
 VERSION = "2.8.0"
 CACHE = REPO_ROOT / ".cache" / "argilla-conformance"

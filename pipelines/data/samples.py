@@ -1,4 +1,4 @@
-"""What the generated sample data sets (pipelines.textsql, pipelines.mathqa) share: their JSONL files, the
+"""What the generated sample data sets (pipelines.tasks.textsql, pipelines.tasks.mathqa) share: their JSONL files, the
 report of `check`, and the per-kind table of their preference pairs' data card."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 TIERS = ("easy", "medium", "hard")
 

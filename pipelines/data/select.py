@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from pipelines.cli import UserError
 from pipelines.data.fields import TOKENS, check_columns, column, user_columns
 from pipelines.data.filters import Splits
 from pipelines.data.sources import EVAL_SPLIT_NAMES
-from pipelines.errors import UserError
 
 TIERS = ("easy", "medium", "hard")
 BY_TOKENS = "tokens"

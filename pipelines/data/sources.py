@@ -29,8 +29,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from pipelines.data.sql import MetricsTable, database_url, load_sql, mask_passwords
-from pipelines.errors import UserError
+from pipelines.cli import UserError, mask_passwords
+from pipelines.data.sql import MetricsTable, database_url, load_sql
 
 FILE_BUILDERS = {
     ".json": "json",
@@ -232,21 +232,18 @@ def split_off_test(rows: Dataset, test_size: float, test_split: str, seed: int, 
     return rows.select(range(n_train)), rows.select(range(n_train, len(rows)))
 
 
-def log_metrics_to_table(args: DataArguments) -> None:
-    """`metrics_table`: every metrics record the runner logs also goes to that table of the data's database.
-
-    Registered here because every stage loads its data through `load_splits`; the runner calls the sink
-    wherever it appends to metrics.jsonl.
-    """
+def metrics_sinks(args: DataArguments) -> list[MetricsTable]:
+    """Where a run's metrics go besides metrics.jsonl: with `metrics_table`, that table of the data's
+    database. A stage hands these to `start_run`, which calls them wherever it logs."""
+    if not args.metrics_table:
+        return []
     from accelerate import PartialState
-
-    from pipelines.runner.run import add_metrics_sink
 
     if database_url(args.dataset or "") is None:
         raise UserError(
             f"metrics_table needs a database `dataset` (a .sqlite/.db file or a SQLAlchemy URL), got {args.dataset!r}"
         )
-    add_metrics_sink(MetricsTable(args.dataset, args.metrics_table, PartialState().is_main_process))
+    return [MetricsTable(args.dataset, args.metrics_table, PartialState().is_main_process)]
 
 
 def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
@@ -274,6 +271,4 @@ def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
         if args.shuffle:
             train_rows = train_rows.shuffle(seed=seed)
         train_rows = train_rows.select(range(min(args.max_train_samples, len(train_rows))))
-    if args.metrics_table:
-        log_metrics_to_table(args)
     return train_rows, eval_rows

@@ -28,14 +28,12 @@ import sqlalchemy as sa
 from datasets import Dataset
 from sqlalchemy.engine import URL, Engine
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError, mask_passwords
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 # A bare (optionally schema-qualified) name is a table or view; anything else is a query.
 TABLE_NAME = re.compile(r"^(?:(?P<schema>[A-Za-z_][\w$]*)\.)?(?P<name>[A-Za-z_][\w$]*)$")
 CONNECT_TIMEOUT_S = 10
-# scheme://user:password@host... (the password ends at the first @, as SQLAlchemy parses it)
-URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s@]*@")
 
 
 def database_url(spec: str) -> URL | None:
@@ -49,11 +47,6 @@ def database_url(spec: str) -> URL | None:
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
         return None
     return url
-
-
-def mask_passwords(text: str) -> str:
-    """`text` with the password of every URL in it masked, as it may appear in messages, logs and saved configs."""
-    return URL_PASSWORD.sub(r"\1***@", text)
 
 
 def _first_line(err: BaseException) -> str:

@@ -14,7 +14,7 @@
         --data data/mathqa/test.jsonl --output_dir runs/math-comparison
 
 Any list of model folders works; `--data` takes any data source with question/answer columns.
-`--verifier auto` picks the judge from the data: math rows (pipelines.mathqa) by their final number,
+`--verifier auto` picks the judge from the data: math rows (pipelines.tasks.mathqa) by their final number,
 text-to-SQL rows by executing the answer on `--db`. `--lm_eval_tasks arc_easy,hellaswag` also
 runs lm-evaluation-harness tasks when it is installed and online (pipelines/eval/harness.py).
 """
@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli import UserError, cli_entry
 from pipelines.data.formats import detect_mapping, generation_pairs, to_training_format
 from pipelines.data.sources import load_source
-from pipelines.errors import UserError, cli_entry
 from pipelines.eval import harness
 from pipelines.eval.report import COMPARISON_FILE, write_report
 from pipelines.eval.verifiers import CHOICES as VERIFIERS
@@ -40,14 +40,10 @@ DEFAULT_DB = PROJECT_ROOT / "data" / "textsql" / "shop.sqlite"
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
     from trl import ModelConfig
 
     from pipelines.eval.compare import compare_models, win_rates
-    from pipelines.eval.generation import Generation
-    from pipelines.eval.reward import score
-    from pipelines.ppo.rewards import load_sequence_classifier
-    from pipelines.runner.modeling import load_model, load_tokenizer
+    from pipelines.runner import Generation, load_model, load_scalar_model, load_tokenizer, score_conversations
 
     names = args.names or [Path(m).name for m in args.models]
     if len(names) != len(args.models):
@@ -65,7 +61,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = load_tokenizer(args.models[0])
     reward_model = None
     if args.reward_model:
-        reward_model = load_sequence_classifier(args.reward_model, torch.float32)
+        reward_model = load_scalar_model(args.reward_model, trained_head=True)
         reward_tokenizer = load_tokenizer(args.reward_model)
     reports: list[dict[str, Any]] = []  # one verifier report per model, in order
     reward_scores: list[list[float]] = []  # one list of per-prompt scores per model, in order
@@ -82,7 +78,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             reports.append(report)
         if reward_model is not None:
             chats = [[*p, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts, strict=True)]
-            scores = score(reward_model, reward_tokenizer, chats, desc="Scoring with the reward model")
+            scores = score_conversations(reward_model, reward_tokenizer, chats, desc="Scoring with the reward model")
             reward_scores.append(scores)
             metrics["reward_mean"] = sum(scores) / len(scores)
         return metrics

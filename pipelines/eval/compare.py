@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipelines.eval.generation import Generation, Messages, generate
 from pipelines.eval.metrics import bleu, exact_match, reference_token_metrics
+from pipelines.runner import Generation, Messages, generate_texts
 
 
 def _cell(text: str) -> str:
@@ -47,7 +47,7 @@ def compare_models(
     metrics: dict[str, dict[str, float]] = {}
     for name, load in loaders.items():
         model = load()
-        generations, stats = generate(
+        generations, stats = generate_texts(
             model,
             tokenizer,
             prompts,

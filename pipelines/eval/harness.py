@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 from pipelines.models import resolve_model
 
 _OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
+from pipelines.eval.curves import CURVES as PPO_CURVES
 from pipelines.models import PROJECT_ROOT
-from pipelines.ppo.plots import CURVES as PPO_CURVES
 from pipelines.runner.run import METRICS_FILE, SUMMARY_FILE
 
 COMPARISON_FILE = "comparison.json"
@@ -337,7 +337,7 @@ def _error_analysis(data: dict[str, Any], file: str) -> str:
     ]
     parts = [
         "<p>Each failed answer counted once, under the first category that applies "
-        "(order and rules: <code>pipelines/textsql/evaluate.py</code>).</p>",
+        "(order and rules: <code>pipelines/tasks/textsql/evaluate.py</code>).</p>",
         _table(["category", *names], rows),
     ]
     for i, category in enumerate(categories):

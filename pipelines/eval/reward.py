@@ -1,8 +1,6 @@
-"""Reward-model scoring and its evaluation: pairwise accuracy, score histograms, calibration.
+"""How good a reward model is on held-out pairs: pairwise accuracy, score histograms, calibration.
 
-`score` is the one scoring function: the reward stage's eval, `python -m pipelines.reward score`
-and PPO's model-based reward all call it, so a reward means the same thing everywhere.
-"""
+The scores come from `pipelines.runner.score_conversations`, the one scoring function of the project."""
 
 from __future__ import annotations
 
@@ -13,52 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-Messages = list[dict[str, str]]
-
-
-def render(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages | str]) -> list[str]:
-    """Conversations through the chat template (no generation prompt); plain strings kept as they are."""
-    return [c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-
-
-@torch.inference_mode()
-def score(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: Sequence[Messages | str],
-    batch_size: int = 32,
-    max_length: int | None = None,
-    desc: str | None = "Scoring",
-) -> list[float]:
-    """One scalar reward per conversation, batched by length (right padding; the model reads the last token)."""
-    texts = render(tokenizer, conversations)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    scores = [0.0] * len(texts)
-    was_training = model.training
-    model.eval()
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        for first in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
-            index = order[first : first + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in index],
-                return_tensors="pt",
-                padding=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-                add_special_tokens=False,
-            ).to(model.device)
-            logits = model(**batch).logits[:, 0].float().tolist()
-            for i, value in zip(index, logits, strict=True):
-                scores[i] = value
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return scores
 
 
 def pairwise_report(

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 
 Evaluate = Callable[[Sequence[dict[str, Any]], Sequence[str], Sequence[bool]], dict[str, Any]]
 CHOICES = ("auto", "sql", "math", "none")
-MATH_COLUMNS = {"question", "answer", "difficulty", "template", "params"}  # rows of pipelines.mathqa
-SQL_COLUMNS = {"question", "answer", "difficulty"}  # rows of pipelines.textsql (plus the --db database)
+MATH_COLUMNS = {"question", "answer", "difficulty", "template", "params"}  # rows of pipelines.tasks.mathqa
+SQL_COLUMNS = {"question", "answer", "difficulty"}  # rows of pipelines.tasks.textsql (plus the --db database)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Verifier:
 
 
 def _sql(db: Path) -> Verifier:
-    from pipelines.textsql.evaluate import evaluate_predictions
+    from pipelines.tasks.textsql.evaluate import evaluate_predictions
 
     def evaluate(rows: Sequence[dict[str, Any]], texts: Sequence[str], no_eos: Sequence[bool]) -> dict[str, Any]:
         return evaluate_predictions(rows, texts, no_eos=no_eos, db_path=db)
@@ -38,7 +38,7 @@ def _sql(db: Path) -> Verifier:
 
 
 def _math() -> Verifier:
-    from pipelines.mathqa.evaluate import evaluate_predictions
+    from pipelines.tasks.mathqa.evaluate import evaluate_predictions
 
     def evaluate(rows: Sequence[dict[str, Any]], texts: Sequence[str], no_eos: Sequence[bool]) -> dict[str, Any]:
         return evaluate_predictions(rows, texts, no_eos=no_eos)

@@ -3,7 +3,8 @@ r"""PPO: optimise the policy against a reward, with a KL penalty toward a frozen
     # the default: the SFT model against the reward model trained by pipelines.reward
     python -m pipelines.ppo --config configs/ppo/default.yaml
     # a rule-based reward instead of a model ('module:function', prompts + responses -> floats)
-    python -m pipelines.ppo --config configs/ppo/tiny.yaml --reward_function pipelines.textsql.reward:execution_reward
+    python -m pipelines.ppo --config configs/ppo/tiny.yaml \
+        --reward_function pipelines.tasks.textsql.reward:execution_reward
     # continue a killed run; two processes on this CPU
     python -m pipelines.ppo --config configs/ppo/default.yaml --resume
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipelines.ppo --config configs/ppo/tiny.yaml
@@ -19,30 +20,31 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from transformers import AutoModelForSequenceClassification
 from trl import ModelConfig
 
+from pipelines.cli import mask_passwords, release_output_dir
 from pipelines.data.formats import to_prompts
-from pipelines.data.sources import DataArguments, load_splits
-from pipelines.data.sql import mask_passwords
-from pipelines.errors import release_output_dir
+from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
+from pipelines.eval.curves import plot_curves
 from pipelines.ppo.config import PPOConfig
-from pipelines.ppo.plots import plot_curves
 from pipelines.ppo.rewards import load_reward
 from pipelines.ppo.trainer import PPOTrainer
-from pipelines.runner import RunArguments, UserError, cli_entry, load_model, load_tokenizer, lora_config, parse_config
-from pipelines.runner.modeling import torch_dtype
+from pipelines.runner import (
+    RunArguments,
+    UserError,
+    cli_entry,
+    load_model,
+    load_scalar_model,
+    load_tokenizer,
+    lora_config,
+    parse_config,
+)
 from pipelines.runner.run import METRICS_FILE, stage_defaults, start_run, write_run_files, write_summary
 
 
 def load_value_model(path: str, model_args: ModelConfig, config: PPOConfig, tokenizer: Any) -> Any:
-    value = load_model(
-        path,
-        model_args,
-        config.bf16,
-        auto_class=AutoModelForSequenceClassification,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
+    value = load_scalar_model(
+        path, model_args, config.bf16, trained_head=False, role="value model", pad_token_id=tokenizer.pad_token_id
     )
     if not hasattr(value, "score") or not hasattr(value, value.base_model_prefix):
         raise UserError(f"value model {path} must be a decoder classifier (a backbone + `score` head), like the policy")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not model_args.model_name_or_path:
         raise UserError("no policy: set model_name_or_path (the SFT output, or a folder under models/)")
-    resume_from = start_run(run_args, config)
+    resume_from = start_run(run_args, config, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_rows, eval_rows = load_splits(data_args, config.seed)
     train_prompts = to_prompts(train_rows, data_args.columns, data_args.system_prompt)
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         config.reward_model_path,
         config.reward_function,
         tokenizer,
-        torch_dtype(model_args, config.bf16),
+        model_args,
+        config.bf16,
         state.device,
         config.share_prompt_prefix,
     )

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl import ModelConfig
 
-from pipelines.errors import UserError
-from pipelines.eval.generation import forward_sharing_prefix, shared_prefix_length
-from pipelines.eval.reward import score as score_conversations
+from pipelines.cli import UserError
 from pipelines.models import resolve_model
+from pipelines.runner import forward_sharing_prefix, load_scalar_model, score_conversations, shared_prefix_length
 
 Messages = list[dict[str, str]]
 
@@ -138,18 +138,12 @@ def import_function(spec: str) -> Callable[..., Any]:
     return function
 
 
-def load_sequence_classifier(path: str, dtype: torch.dtype) -> Any:
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(path), dtype=dtype)
-    if model.config.num_labels != 1:
-        raise UserError(f"reward model {path} has {model.config.num_labels} outputs; it needs exactly one")
-    return model
-
-
 def load_reward(
     reward_model_path: str | None,
     reward_function: str | None,
     policy_tokenizer: PreTrainedTokenizerBase,
-    dtype: torch.dtype,
+    model_args: ModelConfig,
+    use_bf16: bool,
     device: torch.device,
     share_prefix: bool = True,
 ) -> tuple[RewardSource, bool]:
@@ -165,7 +159,7 @@ def load_reward(
         return FunctionReward(reward_function, import_function(reward_function)), False
     assert reward_model_path is not None
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(reward_model_path))
-    model = load_sequence_classifier(reward_model_path, dtype).to(device)
+    model = load_scalar_model(reward_model_path, model_args, use_bf16, trained_head=True).to(device)
     model.requires_grad_(False)
     if same_tokenizer(tokenizer, policy_tokenizer):
         return TokenRewardModel(model, policy_tokenizer, share_prefix), True

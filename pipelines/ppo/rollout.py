@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
-from pipelines.eval.generation import (
+from pipelines.runner import (
     Messages,
     NgramDrafter,
     decode,

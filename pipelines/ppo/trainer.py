@@ -26,11 +26,11 @@ from transformers import PreTrainedTokenizerBase, Trainer, get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
-from pipelines.eval.generation import Messages, NgramDrafter
 from pipelines.ppo import core
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import RewardSource
 from pipelines.ppo.rollout import Rollout, forward, micro_batches, sample, token_values
+from pipelines.runner import Messages, NgramDrafter
 from pipelines.runner.run import METRICS_FILE, append_metrics
 
 STATE_FILE = "ppo_state.json"

@@ -25,21 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from transformers import AutoModelForSequenceClassification
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from pipelines.data.preferences import PAIR_RULES, to_preference_format
-from pipelines.data.sources import DataArguments, load_source, load_splits
-from pipelines.eval.reward import pairwise_report, score
+from pipelines.data.sources import DataArguments, load_source, load_splits, metrics_sinks
+from pipelines.eval.reward import pairwise_report
 from pipelines.runner import (
     MetricsLogger,
     RunArguments,
     UserError,
     cli_entry,
-    load_model,
+    load_scalar_model,
     load_tokenizer,
     lora_config,
     parse_config,
+    score_conversations,
     stage_defaults,
     start_run,
     train_evaluate_save,
@@ -63,21 +63,6 @@ class PreferenceArguments:
         metadata={"help": "Numeric column used as TRL's margin (e.g. a rating difference; 'ranks' for rank gaps)."},
     )
     margin_scale: float = dataclasses.field(default=1.0, metadata={"help": "Multiplier applied to margin_column."})
-
-
-def load_reward_model(name_or_path: str, model_args: ModelConfig, use_bf16: bool, tokenizer: Any) -> Any:
-    """A one-output sequence classifier; from a causal LM (e.g. the SFT output) the score head starts fresh."""
-    model = load_model(
-        name_or_path,
-        model_args,
-        use_bf16,
-        auto_class=AutoModelForSequenceClassification,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if model.config.num_labels != 1:
-        raise UserError(f"{name_or_path} has {model.config.num_labels} outputs; a reward model needs exactly one")
-    return model
 
 
 def build_pairs(data_args: DataArguments, pref_args: PreferenceArguments, seed: int) -> tuple[Any, Any]:
@@ -107,8 +92,12 @@ def evaluate_pairs(trainer: RewardTrainer, tokenizer: Any, eval_pairs: Any, batc
         return [p + c for p, c in zip(prompts, eval_pairs[column], strict=True)]
 
     max_length = trainer.args.max_length
-    chosen = score(trainer.model, tokenizer, conversations("chosen"), batch_size, max_length, "Scoring chosen")
-    rejected = score(trainer.model, tokenizer, conversations("rejected"), batch_size, max_length, "Scoring rejected")
+    chosen = score_conversations(
+        trainer.model, tokenizer, conversations("chosen"), batch_size, max_length, "Scoring chosen"
+    )
+    rejected = score_conversations(
+        trainer.model, tokenizer, conversations("rejected"), batch_size, max_length, "Scoring rejected"
+    )
     return pairwise_report(chosen, rejected, Path(trainer.args.output_dir))
 
 
@@ -121,10 +110,17 @@ def train_main(argv: list[str]) -> None:
     )
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (the SFT output, a folder under models/, or a hub id)")
-    resume_from = start_run(run_args, training_args)
+    resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_pairs, eval_pairs = build_pairs(data_args, pref_args, training_args.seed)
-    model = load_reward_model(model_args.model_name_or_path, model_args, training_args.bf16, tokenizer)
+    # from a causal LM (e.g. the SFT output) the score head starts fresh
+    model = load_scalar_model(
+        model_args.model_name_or_path,
+        model_args,
+        training_args.bf16,
+        trained_head=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     trainer = RewardTrainer(
         model=model,
         args=training_args,
@@ -167,13 +163,13 @@ def score_main(argv: list[str]) -> None:
     if response_field is None:
         raise UserError(f"{args.input} needs a response column ({', '.join(RESPONSE_FIELDS)}); has {rows.column_names}")
     tokenizer = load_tokenizer(args.model)
-    model = load_reward_model(args.model, ModelConfig(), False, tokenizer)
+    model = load_scalar_model(args.model, trained_head=True)
     conversations = [
         ([{"role": "user", "content": str(row[prompt_field])}] if prompt_field else [])
         + [{"role": "assistant", "content": str(row[response_field])}]
         for row in rows
     ]
-    scores = score(model, tokenizer, conversations, args.batch_size, args.max_length)
+    scores = score_conversations(model, tokenizer, conversations, args.batch_size, args.max_length)
     lines = "".join(
         json.dumps({**row, "score": s}, ensure_ascii=False, default=str) + "\n"
         for row, s in zip(rows, scores, strict=True)

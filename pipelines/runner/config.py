@@ -19,8 +19,7 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
-from pipelines.data.sql import mask_passwords
-from pipelines.errors import UserError
+from pipelines.cli import UserError, mask_passwords
 
 # Names of credentials (not e.g. `eos_token` or `max_new_tokens`, which are settings).
 SECRET_KEY = re.compile(r"(hub_token|access_?token|auth_?token|api_?key|password|secret)", re.IGNORECASE)

@@ -16,7 +16,7 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from pipelines.errors import UserError
+from pipelines.cli import UserError
 from pipelines.models import resolve_model
 
 

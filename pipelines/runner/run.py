@@ -8,7 +8,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,15 @@ from transformers import (
     set_seed,
 )
 
-from pipelines.errors import UserError, claim_output_dir, release_output_dir
+from pipelines.cli import UserError, claim_output_dir, release_output_dir
 from pipelines.runner.config import RunArguments, save_resolved_config
 from pipelines.runner.modeling import export_merged
 
 METRICS_FILE = "metrics.jsonl"
+# A further destination of every metrics record (e.g. a database table: `metrics_table`), called with
+# the metrics.jsonl path and the record; `start_run` sets this run's.
+MetricsSink = Callable[[Path, dict[str, Any]], None]
+METRICS_SINKS: list[MetricsSink] = []
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "run_config.yaml"
 
@@ -78,9 +82,13 @@ def stage_defaults() -> dict[str, Any]:
     }
 
 
-def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str | None:
-    """Seed, check the output dir, and find the checkpoint to resume from (None: fresh run)."""
+def start_run(
+    run_args: RunArguments, training_args: TrainingArguments, metrics_sinks: Sequence[MetricsSink] = ()
+) -> str | None:
+    """Seed, check the output dir, set where metrics go besides metrics.jsonl (`metrics_sinks`), and find
+    the checkpoint to resume from (None: fresh run)."""
     set_seed(training_args.seed)
+    METRICS_SINKS[:] = metrics_sinks
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError("push_to_hub needs the hub, but HF_HUB_OFFLINE=1: unset it and log in (hf auth login)")
     output_dir = Path(training_args.output_dir)
@@ -97,15 +105,6 @@ def start_run(run_args: RunArguments, training_args: TrainingArguments) -> str |
         _truncate_metrics(output_dir / METRICS_FILE, _checkpoint_step(last))
     claim_output_dir(output_dir)
     return str(last) if last else None
-
-
-# Further destinations of every metrics record, e.g. a database table (`metrics_table`, added by
-# pipelines.data.sources.load_splits): called with the metrics.jsonl path and the record.
-METRICS_SINKS: list[Callable[[Path, dict[str, Any]], None]] = []
-
-
-def add_metrics_sink(sink: Callable[[Path, dict[str, Any]], None]) -> None:
-    METRICS_SINKS.append(sink)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

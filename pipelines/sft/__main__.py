@@ -29,7 +29,7 @@ from pipelines.data.formats import (
     generation_pairs,
     to_training_format,
 )
-from pipelines.data.sources import DataArguments, load_splits
+from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
 from pipelines.eval.compare import compare_models
 from pipelines.runner import (
     MetricsLogger,
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("no model: set model_name_or_path (a folder under models/, a path, or a hub id)")
     if gen_args.max_new_tokens <= 0:
         raise UserError(f"max_new_tokens must be > 0, got {gen_args.max_new_tokens}")
-    resume_from = start_run(run_args, training_args)
+    resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     model = load_model(model_args.model_name_or_path, model_args, training_args.bf16)

@@ -1,12 +1,12 @@
 r"""Make or check the verifiable math demo data.
 
     # the shipped data (deterministic: the same command gives the same files)
-    python -m pipelines.mathqa generate --out data/mathqa
-    python -m pipelines.mathqa generate --out /tmp/mathqa --seed 1 --n-train 500 --n-test 50
+    python -m pipelines.tasks.mathqa generate --out data/mathqa
+    python -m pipelines.tasks.mathqa generate --out /tmp/mathqa --seed 1 --n-train 500 --n-test 50
     # rebuild every row from its template, re-check every answer and pair; one summary line, exit 1 on failures
-    python -m pipelines.mathqa check --data data/mathqa
+    python -m pipelines.tasks.mathqa check --data data/mathqa
     # other preference pairs from the folder's own questions (and the README's "Preference pairs" section)
-    python -m pipelines.mathqa pairs --data data/mathqa --seed 0 --per-question 2
+    python -m pipelines.tasks.mathqa pairs --data data/mathqa --seed 0 --per-question 2
 
 Mistakes a user can make (a missing folder, asking for more questions than the templates hold)
 end with one line on stderr and exit code 2.
@@ -19,16 +19,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.cli import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
 from pipelines.data.samples import TIERS
-from pipelines.errors import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
-from pipelines.mathqa.dataset import check_dataset, rewrite_pairs, write_dataset
-from pipelines.mathqa.pairs import PAIR_FILES, kind_counts
-from pipelines.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.dataset import check_dataset, rewrite_pairs, write_dataset
+from pipelines.tasks.mathqa.pairs import PAIR_FILES, kind_counts
+from pipelines.tasks.mathqa.problems import KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The subcommands and their flags."""
-    parser = CliParser(prog="python -m pipelines.mathqa", description=(__doc__ or "").split("\n\n")[0])
+    parser = CliParser(prog="python -m pipelines.tasks.mathqa", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     gen = commands.add_parser("generate", help="write train/test questions, pairs_train/pairs_test and README.md")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")

@@ -26,10 +26,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipelines.cli import UserError
 from pipelines.data.samples import kind_table, write_jsonl
-from pipelines.errors import UserError
-from pipelines.textsql.execute import execute, has_order_by, results_match
-from pipelines.textsql.perturb import KINDS, candidates
+from pipelines.tasks.textsql.execute import execute, has_order_by, results_match
+from pipelines.tasks.textsql.perturb import KINDS, candidates
 
 PAIR_FILES = {"train": "pairs_train.jsonl", "test": "pairs_test.jsonl"}
 CHANCE_ACCURACY = 0.5  # one chosen vs one rejected: guessing is right half of the time
@@ -108,7 +108,7 @@ def pair_splits(
     if shared:
         raise UserError(
             f"train and test share {len(shared)} questions (e.g. {sorted(shared)[0]!r}); pairs are held out "
-            "by question, so regenerate the data with `python -m pipelines.textsql generate`"
+            "by question, so regenerate the data with `python -m pipelines.tasks.textsql generate`"
         )
     return {
         "train": make_pairs(db_path, splits["train"], seed, per_question),
@@ -139,13 +139,13 @@ def readme_section(
         "written from `train.jsonl` and `test.jsonl` by:",
         "",
         "```bash",
-        f".venv/bin/python -m pipelines.textsql pairs --data data/textsql --seed {seed} "
+        f".venv/bin/python -m pipelines.tasks.textsql pairs --data data/textsql --seed {seed} "
         f"--per-question {per_question} --per-question-test {per_question_test}",
         "```",
         "",
         '- One row per pair: `{"id": "tsql-00042-p0", "prompt": <question>, "chosen": <gold SQL>,',
         '  "rejected": <wrong SQL>, "kind": ..., "difficulty": ...}`.',
-        "- chosen is the gold SQL; rejected is a rewrite of it (`pipelines/textsql/perturb.py`) that runs",
+        "- chosen is the gold SQL; rejected is a rewrite of it (`pipelines/tasks/textsql/perturb.py`) that runs",
         "  and returns a different result, so every preference is checked by execution.",
         "- Held out by question, never by pair: `pairs_train` uses only train questions, `pairs_test` only",
         "  test questions, and no question is in both.",

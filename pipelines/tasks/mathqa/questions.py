@@ -9,7 +9,7 @@ Rules (the data card repeats them):
   skipping every question text already drawn, so no question text is in both splits (and the test
   set does not change when only `n_train` does).
 - Every row can be rebuilt from its template name and slot values (`rebuild`); `python -m
-  pipelines.mathqa check` does that for every row (`dataset.check_dataset`).
+  pipelines.tasks.mathqa check` does that for every row (`dataset.check_dataset`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli import UserError
 from pipelines.data.samples import TIERS, read_jsonl
-from pipelines.errors import UserError
-from pipelines.mathqa.problems import TEMPLATES, Problem, Template, make_problem
+from pipelines.tasks.mathqa.problems import TEMPLATES, Problem, Template, make_problem
 
 SPLITS = ("train", "test")
 DRAWS = 200  # tries for a new question before a template counts as used up
@@ -100,5 +100,5 @@ def rebuild(row: Mapping[str, Any]) -> Problem:
 
 def load_split(data_dir: str | Path, split: str) -> list[Row]:
     """Rows of train.jsonl or test.jsonl in `data_dir`."""
-    remedy = f"create it with `python -m pipelines.mathqa generate --out {data_dir}`"
+    remedy = f"create it with `python -m pipelines.tasks.mathqa generate --out {data_dir}`"
     return read_jsonl(Path(data_dir) / f"{split}.jsonl", ROW_KEYS, remedy)

@@ -1,14 +1,15 @@
-"""Batched generation for evaluation and rollouts.
+"""The decode loop every stage shares: PPO rollouts, evaluation and `python -m pipelines.generate`.
 
-On CPU, generation dominates evaluation time (DESIGN.md §3: batch 1 ≈ 10 tokens/s, batch 32 ≈ 74),
-so prompts are sorted by length and generated in wide left-padded batches with the KV cache, by
-`decode`: a plain sampling loop over the model's forward that drops finished rows from the batch
-and its cache, and skips `generate`'s per-step machinery (logits processors, stopping criteria,
-input preparation), which on this CPU costs as much as a third of each small-batch decode step.
-The prompt prefix all rows of a batch share (a chat template's system prompt) is computed once and
-its KV cache broadcast to every row (`forward_sharing_prefix`), in decoding and in PPO's forwards.
-With an `NgramDrafter`, each decode forward also checks a few drafted tokens a row (speculative
-decoding without a draft model); the sampled tokens are the same with or without it.
+On CPU, generation dominates evaluation and PPO time (SmolLM2-135M on 2 cores, `bench/generation.py`:
+one prompt at a time is several times slower than a batch of 32), so prompts are sorted by length
+and generated in wide left-padded batches with the KV cache, by `decode`: a plain sampling loop over
+the model's forward that drops finished rows from the batch and its cache, and skips `generate`'s
+per-step machinery (logits processors, stopping criteria, input preparation), which on this CPU
+costs as much as a third of each small-batch decode step. The prompt prefix all rows of a batch
+share (a chat template's system prompt) is computed once and its KV cache broadcast to every row
+(`forward_sharing_prefix`), in decoding and in PPO's forwards. With an `NgramDrafter`, each decode
+forward also checks a few drafted tokens a row (speculative decoding without a draft model); the
+sampled tokens are the same with or without it.
 """
 
 from __future__ import annotations
@@ -416,7 +417,7 @@ def _propose(
 
 
 @torch.no_grad()
-def generate(
+def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Messages | str],

@@ -2,11 +2,11 @@
 the gold answer.
 
     python -m pipelines.ppo --config configs/ppo/tiny.yaml --dataset data/mathqa/train.jsonl \\
-        --eval_dataset data/mathqa/test.jsonl --reward_function pipelines.mathqa.reward:answer_reward
+        --eval_dataset data/mathqa/test.jsonl --reward_function pipelines.tasks.mathqa.reward:answer_reward
 
 `prompts` are the questions exactly as in train.jsonl / test.jsonl (the gold answer is looked up by
 question text); the data folder is the repo's data/mathqa unless the environment variable
-`MATHQA_DATA` names another folder written by `python -m pipelines.mathqa generate`.
+`MATHQA_DATA` names another folder written by `python -m pipelines.tasks.mathqa generate`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from pipelines.errors import UserError
-from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.generate import SPLITS, load_split
+from pipelines.cli import UserError
+from pipelines.models import PROJECT_ROOT
+from pipelines.tasks.mathqa.answers import extract_answer
+from pipelines.tasks.mathqa.questions import SPLITS, load_split
 
 DATA_ENV = "MATHQA_DATA"
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "mathqa"
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "mathqa"
 
 # As for the text-to-SQL reward: right vs wrong is the largest gap, and an answer with no number at
 # all sits below a wrong number, so an untrained policy first learns to end with a number.

@@ -1,9 +1,9 @@
 r"""Domain text for continued pretraining (the SFT stage's `text` mode), from licence-clean sources.
 
     # the shipped sample: prose about the text-to-SQL shop database (Apache-2.0, made here)
-    python -m pipelines.pretraining_text build --source shop --out data/pretraining/shop.jsonl
+    python -m pipelines.tasks.shop_text build --source shop --out data/pretraining/shop.jsonl
     # human-written reference text: the Python language reference bundled with every CPython (PSF-2.0)
-    python -m pipelines.pretraining_text build --source python-docs --out /tmp/python_docs.jsonl --max-chars 2000
+    python -m pipelines.tasks.shop_text build --source python-docs --out /tmp/python_docs.jsonl --max-chars 2000
     # continued pretraining of the tiny model on it
     python -m pipelines.sft --config configs/sft/pretrain_tiny.yaml --output_dir runs/pretrain-tiny
 
@@ -14,7 +14,7 @@ Sources:
 
 - `shop`: one document per table of the text-to-SQL database (its DDL and what each column
   means), per customer (where they live, every order with its items and value), per product, per
-  order year and per city, written from `pipelines.textsql.schema.shop_rows(seed)`. With the
+  order year and per city, written from `pipelines.tasks.textsql.schema.shop_rows(seed)`. With the
   default seed 0 it describes the database in data/textsql, so the model reads the domain's names
   and values before it is fine-tuned to query them. No SQL questions or gold queries are in it.
 - `python-docs`: the Python language reference topics that CPython ships as plain text for
@@ -32,13 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from pipelines.errors import CliParser, UserError, cli_entry
-from pipelines.textsql.schema import SCHEMA_SQL, shop_rows
+from pipelines.cli import CliParser, UserError, cli_entry
+from pipelines.tasks.textsql.schema import SCHEMA_SQL, shop_rows
 
 Doc = dict[str, str]
 
@@ -264,7 +263,7 @@ def write_documents(path: Path, docs: Sequence[Doc]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CliParser(prog="python -m pipelines.pretraining_text", description=(__doc__ or "").split("\n\n")[0])
+    parser = CliParser(prog="python -m pipelines.tasks.shop_text", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     build = commands.add_parser("build", help="write a `text` JSONL file from one source")
     build.add_argument("--source", choices=sorted(SOURCES), default="shop", help="where the text comes from")
@@ -291,7 +290,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(6)) + (", ..." if len(kinds) > 6 else "")
     print(f"wrote {args.out}: {len(docs)} documents ({summary}), {size / 1024:.0f} KiB")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.textsql.execute import execute, has_order_by, mask_quoted, results_match, top_level_view
+from pipelines.tasks.textsql.execute import execute, has_order_by, mask_quoted, results_match, top_level_view
 
 KINDS = ("wrong_column", "wrong_condition", "wrong_aggregation", "wrong_join", "wrong_order")
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.pretraining_text import main, python_docs_documents, shop_documents
-from pipelines.textsql.generate import load_split
+from pipelines.tasks.shop_text.corpus import main, python_docs_documents, shop_documents
+from pipelines.tasks.textsql.questions import load_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = REPO_ROOT / "data" / "pretraining" / "shop.jsonl"

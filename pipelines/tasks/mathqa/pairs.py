@@ -24,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from pipelines.cli import UserError
 from pipelines.data.samples import read_jsonl, write_jsonl
-from pipelines.errors import UserError
-from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.generate import SPLITS, Row, rebuild
-from pipelines.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.answers import extract_answer
+from pipelines.tasks.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.questions import SPLITS, Row, rebuild
 
 PAIR_FILES = {"train": "pairs_train.jsonl", "test": "pairs_test.jsonl"}
 PAIR_KEYS = ("id", "prompt", "chosen", "rejected", "kind", "difficulty")
@@ -63,7 +63,7 @@ def pair_splits(
     if shared:
         raise UserError(
             f"train and test share {len(shared)} questions (e.g. {sorted(shared)[0]!r}); pairs are held out "
-            "by question, so regenerate the data with `python -m pipelines.mathqa generate`"
+            "by question, so regenerate the data with `python -m pipelines.tasks.mathqa generate`"
         )
     counts = {"train": per_question, "test": per_question_test}
     return {split: [p for row in splits[split] for p in question_pairs(row, seed, counts[split])] for split in SPLITS}
@@ -83,7 +83,7 @@ def check_pairs(data_dir: Path, splits: Mapping[str, Sequence[Row]]) -> tuple[di
     does not read as the gold answer, a rejected that does, an unknown kind."""
     counts, failures = {}, []
     for split, name in PAIR_FILES.items():
-        remedy = f"write it with `python -m pipelines.mathqa pairs --data {data_dir}`"
+        remedy = f"write it with `python -m pipelines.tasks.mathqa pairs --data {data_dir}`"
         pairs = read_jsonl(data_dir / name, PAIR_KEYS, remedy)
         counts[name.removesuffix(".jsonl")] = len(pairs)
         gold = {row["question"]: Fraction(row["answer"]) for row in splits[split]}

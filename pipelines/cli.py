@@ -1,9 +1,11 @@
-"""User-facing errors: one line on stderr, exit code 2, no traceback, no half-written output."""
+"""The command-line edge every CLI shares: a user mistake is one line on stderr and exit 2 (no traceback),
+argparse usage errors likewise, and an output dir a failed run created is removed again."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -13,6 +15,15 @@ from typing import NoReturn, TypeVar
 F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2
+
+
+# scheme://user:password@host... (the password ends at the first @, as SQLAlchemy parses it)
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it masked, as it may appear in messages, logs and saved configs."""
+    return URL_PASSWORD.sub(r"\1***@", text)
 
 
 class UserError(Exception):

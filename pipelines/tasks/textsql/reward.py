@@ -1,11 +1,11 @@
 """PPO's verifiable reward for text-to-SQL: run the model's SQL and compare its result with the gold one.
 
     python -m pipelines.ppo --config configs/ppo/default.yaml \\
-        --reward_function pipelines.textsql.reward:execution_reward
+        --reward_function pipelines.tasks.textsql.reward:execution_reward
 
 `prompts` are the questions exactly as in train.jsonl / test.jsonl (the gold SQL is looked up by
 question text); the data folder is the repo's data/textsql unless the environment variable
-`TEXTSQL_DATA` names another folder written by `python -m pipelines.textsql generate`.
+`TEXTSQL_DATA` names another folder written by `python -m pipelines.tasks.textsql generate`.
 
 The model's SQL is read from its text by `extract_sql` (code fences and prose around it are
 dropped), runs read-only through `execute`, and is compared as `execution_match` compares. Gold
@@ -20,12 +20,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.errors import UserError
-from pipelines.textsql.execute import Row, execute, has_order_by, mask_quoted, results_match
-from pipelines.textsql.generate import DB_NAME, SPLITS, load_split
+from pipelines.cli import UserError
+from pipelines.models import PROJECT_ROOT
+from pipelines.tasks.textsql.execute import Row, execute, has_order_by, mask_quoted, results_match
+from pipelines.tasks.textsql.questions import DB_NAME, SPLITS, load_split
 
 DATA_ENV = "TEXTSQL_DATA"
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "textsql"
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "textsql"
 
 # The three reward levels. Correct vs wrong is the largest gap (1.0), so getting the answer right
 # dominates; SQL that does not run sits below wrong-but-runnable SQL (by 0.5), so an untrained policy
@@ -99,7 +100,9 @@ def gold_table(folder: Path) -> GoldTable:
     """Load a folder's train and test questions once per process (PPO calls the reward every step)."""
     db_path = folder / DB_NAME
     if not db_path.is_file():
-        raise UserError(f"{db_path} not found; create it with `python -m pipelines.textsql generate --out {folder}`")
+        raise UserError(
+            f"{db_path} not found; create it with `python -m pipelines.tasks.textsql generate --out {folder}`"
+        )
     answers = {row["question"].strip(): row["answer"] for split in SPLITS for row in load_split(folder, split)}
     return GoldTable(db_path=db_path, answers=answers)
 

@@ -1,4 +1,5 @@
-"""Training curves from metrics.jsonl: what a PPO user looks at first (reward, KL, length)."""
+"""PPO training curves from metrics.jsonl: what a PPO user looks at first (reward, KL, length, entropy);
+ppo_curves.png and the HTML report draw the same ones."""
 
 from __future__ import annotations
 

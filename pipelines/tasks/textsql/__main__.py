@@ -1,13 +1,13 @@
 r"""Make or check the text-to-SQL demo data.
 
     # the shipped data (deterministic: the same command gives the same files)
-    python -m pipelines.textsql generate --out data/textsql
-    python -m pipelines.textsql generate --out /tmp/textsql --seed 1 --n-train 500 --n-test 50
+    python -m pipelines.tasks.textsql generate --out data/textsql
+    python -m pipelines.tasks.textsql generate --out /tmp/textsql --seed 1 --n-train 500 --n-test 50
     # re-run every gold query against the folder's database; one summary line, exit 1 on failures
-    python -m pipelines.textsql check --data data/textsql
+    python -m pipelines.tasks.textsql check --data data/textsql
     # verifiable preference pairs (gold vs a wrong rewrite) from the folder's train/test questions:
     # writes pairs_train.jsonl, pairs_test.jsonl and the README's "Preference pairs" section
-    python -m pipelines.textsql pairs --data data/textsql --seed 0 --per-question 1
+    python -m pipelines.tasks.textsql pairs --data data/textsql --seed 0 --per-question 1
 
 Mistakes a user can make (a missing folder, asking for more questions than exist) end with one
 line on stderr and exit code 2.
@@ -20,10 +20,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.errors import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
-from pipelines.textsql.generate import DB_NAME, SPLITS, TIERS, check_dataset, load_split, write_dataset
-from pipelines.textsql.pairs import PAIR_FILES, kind_counts, pair_splits, readme_section, update_readme, write_pairs
-from pipelines.textsql.perturb import KINDS
+from pipelines.cli import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
+from pipelines.tasks.textsql.pairs import (
+    PAIR_FILES,
+    kind_counts,
+    pair_splits,
+    readme_section,
+    update_readme,
+    write_pairs,
+)
+from pipelines.tasks.textsql.perturb import KINDS
+from pipelines.tasks.textsql.questions import DB_NAME, SPLITS, TIERS, check_dataset, load_split, write_dataset
 
 
 def _positive_int(text: str) -> int:
@@ -35,7 +42,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The subcommands and their flags."""
-    parser = CliParser(prog="python -m pipelines.textsql", description=(__doc__ or "").split("\n\n")[0])
+    parser = CliParser(prog="python -m pipelines.tasks.textsql", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
     gen = commands.add_parser("generate", help="write shop.sqlite, train.jsonl, test.jsonl and README.md")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
@@ -56,7 +63,9 @@ def _write_pairs(args: argparse.Namespace) -> None:
     """The `pairs` subcommand: pairs from the folder's own splits, so they are held out by question."""
     db_path = args.data / DB_NAME
     if not db_path.is_file():
-        raise UserError(f"{db_path} not found; create it with `python -m pipelines.textsql generate --out {args.data}`")
+        raise UserError(
+            f"{db_path} not found; create it with `python -m pipelines.tasks.textsql generate --out {args.data}`"
+        )
     splits = {split: load_split(args.data, split) for split in SPLITS}
     pairs = pair_splits(db_path, splits, args.seed, args.per_question, args.per_question_test)
     write_pairs(args.data, pairs)

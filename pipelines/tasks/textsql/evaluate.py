@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.textsql.execute import execute, has_order_by, normalize_sql, results_match, top_level_view
-from pipelines.textsql.generate import DB_NAME, TIERS
-from pipelines.textsql.reward import data_dir, extract_sql
+from pipelines.tasks.textsql.execute import execute, has_order_by, normalize_sql, results_match, top_level_view
+from pipelines.tasks.textsql.questions import DB_NAME, TIERS
+from pipelines.tasks.textsql.reward import data_dir, extract_sql
 
 ERROR_CATEGORIES = (
     "runaway_generation",

@@ -21,9 +21,9 @@ from fractions import Fraction
 from typing import Any
 
 from pipelines.data.samples import TIERS
-from pipelines.mathqa.answers import extract_answer
-from pipelines.mathqa.generate import rebuild
-from pipelines.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.answers import extract_answer
+from pipelines.tasks.mathqa.problems import KINDS
+from pipelines.tasks.mathqa.questions import rebuild
 
 ERROR_CATEGORIES = ("runaway_generation", "no_number", *KINDS, "other_wrong_answer")
 EXAMPLES_PER_CATEGORY = 3

@@ -1,10 +1,10 @@
 """Verifiable text-to-SQL demo data: a seeded shop database, templated questions with executed gold SQL,
 a safe SQL executor with execution/exact match, and rule-based wrong answers for preference pairs."""
 
-from pipelines.textsql.execute import ExecResult, execute, execution_match, normalize_sql, results_match
-from pipelines.textsql.generate import TEMPLATES, TIERS, check_dataset, generate_rows, write_dataset
-from pipelines.textsql.perturb import KINDS, perturbations
-from pipelines.textsql.schema import SCHEMA_SQL, build_database
+from pipelines.tasks.textsql.execute import ExecResult, execute, execution_match, normalize_sql, results_match
+from pipelines.tasks.textsql.perturb import KINDS, perturbations
+from pipelines.tasks.textsql.questions import TEMPLATES, TIERS, check_dataset, generate_rows, write_dataset
+from pipelines.tasks.textsql.schema import SCHEMA_SQL, build_database
 
 __all__ = [
     "KINDS",
