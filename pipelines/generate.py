@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import ModelConfig
 
-    from pipelines.runner import generate_texts
-    from pipelines.runner.modeling import load_model, load_tokenizer
+    from pipelines.runner import generate_texts, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, ModelConfig(), use_bf16=False)

@@ -33,7 +33,7 @@ from typing import Any
 from pipelines.cli import UserError
 from pipelines.eval.curves import CURVES as PPO_CURVES
 from pipelines.models import PROJECT_ROOT
-from pipelines.runner.run import METRICS_FILE, SUMMARY_FILE
+from pipelines.runner import METRICS_FILE, SUMMARY_FILE
 
 COMPARISON_FILE = "comparison.json"
 GENERATIONS_FILE = "generations.jsonl"

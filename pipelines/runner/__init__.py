@@ -11,20 +11,27 @@ from pipelines.runner.decoding import (
     decode,
     forward_sharing_prefix,
     generate_texts,
+    mask_pad,
     render_prompts,
     shared_prefix_length,
 )
 from pipelines.runner.modeling import load_model, load_tokenizer, lora_config, score_labelled_tokens_only
 from pipelines.runner.run import (
+    METRICS_FILE,
+    SUMMARY_FILE,
     MetricsLogger,
+    append_metrics,
     stage_defaults,
     start_run,
     train_evaluate_save,
+    write_run_files,
     write_summary,
 )
 from pipelines.runner.scoring import load_scalar_model, render_conversations, score_conversations
 
 __all__ = [
+    "METRICS_FILE",
+    "SUMMARY_FILE",
     "Generation",
     "GenerationStats",
     "Messages",
@@ -32,6 +39,7 @@ __all__ = [
     "NgramDrafter",
     "RunArguments",
     "UserError",
+    "append_metrics",
     "cli_entry",
     "decode",
     "forward_sharing_prefix",
@@ -40,6 +48,7 @@ __all__ = [
     "load_scalar_model",
     "load_tokenizer",
     "lora_config",
+    "mask_pad",
     "parse_config",
     "render_conversations",
     "render_prompts",
@@ -49,5 +58,6 @@ __all__ = [
     "stage_defaults",
     "start_run",
     "train_evaluate_save",
+    "write_run_files",
     "write_summary",
 ]
