@@ -20,6 +20,7 @@ from pipelines.runner import (
     NgramDrafter,
     decode,
     forward_sharing_prefix,
+    mask_pad,
     render_prompts,
     shared_prefix_length,
 )
@@ -75,7 +76,8 @@ class Rollout:
 def micro_batches(rollout: Rollout, index: torch.Tensor, size: int) -> list[torch.Tensor]:
     """`index` split into micro-batches of rows of similar length (less padding to compute on).
 
-    Within one optimizer step the grouping does not change the accumulated gradient."""
+    The grouping does not change the accumulated gradient because the trainer divides every micro-batch's
+    token losses by the whole mini-batch's token count (not by the micro-batch's own)."""
     ordered = index[torch.argsort(rollout.lengths()[index], stable=True)]
     return list(ordered.split(size))
 
@@ -98,9 +100,11 @@ def sample(
     stop_strings: list[str] | None = None,
     drafter: NgramDrafter | None = None,
     draft_tokens: int = 2,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
     """Sample (or, with temperature None, greedily decode) one response per prompt; a `drafter`
-    (kept across rollouts) speeds decoding up without changing the samples."""
+    (kept across rollouts) speeds decoding up without changing the samples; the uniform numbers come
+    from `generator`. The pad token is never sampled, so the response mask has no holes."""
     texts = render_prompts(tokenizer, prompts)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -126,11 +130,14 @@ def sample(
                 tokenizer=tokenizer,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                suppress_tokens=[tokenizer.pad_token_id],
             )
             chunks.append(output[:, ids.shape[1] :])
         else:
             eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-            tokens, logprobs = decode(model, ids, mask, max_new_tokens, temperature, eos, pad, drafter, draft_tokens)
+            tokens, logprobs = decode(
+                model, ids, mask, max_new_tokens, temperature, eos, pad, drafter, draft_tokens, generator
+            )
             chunks.append(tokens)
             logprob_chunks.append(logprobs)
     width = max(c.shape[1] for c in chunks)
@@ -153,9 +160,15 @@ def sample(
 
 
 def forward(
-    model: torch.nn.Module, rollout: Rollout, temperature: float, share_prefix: bool = True
+    model: torch.nn.Module,
+    rollout: Rollout,
+    temperature: float,
+    share_prefix: bool = True,
+    pad_id: int | None = None,
+    eos_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits over response positions / temperature, log-probs of the sampled response tokens)."""
+    """(logits over response positions / temperature, log-probs of the sampled response tokens), pad
+    masked as in sampling (`mask_pad`) so these log-probs and the sampled ones share one distribution."""
     # The LM head only where a response token is predicted: the query makes most of the sequence,
     # and the head is a fifth of SmolLM2's FLOPs.
     keep = rollout.response_ids.shape[1] + 1
@@ -167,7 +180,7 @@ def forward(
         use_cache=False,
         logits_to_keep=keep,
     )
-    logits = output.logits[:, :-1] / temperature
+    logits = mask_pad(output.logits[:, :-1] / temperature, pad_id, eos_id)
     return logits, selective_log_softmax(logits, rollout.response_ids)
 
 

@@ -79,6 +79,20 @@ def pick_tokens(
     return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log().float()
 
 
+def mask_pad(logits: torch.Tensor, pad_id: int | None, eos_id: int | None) -> torch.Tensor:
+    """`logits` with the pad token made impossible (a pad distinct from eos is never a real output token).
+
+    The decode loop samples from these and PPO's training forward scores with them, so the log-probs
+    a token was sampled with and those it is trained with come from the same distribution. The most
+    negative finite value, not -inf: an entropy over the logits stays finite.
+    """
+    if pad_id is None or pad_id == eos_id:
+        return logits
+    logits = logits.clone()
+    logits[..., pad_id] = torch.finfo(logits.dtype).min
+    return logits
+
+
 class NgramDrafter:
     """Draft tokens for speculative decoding, without a draft model: what followed the latest earlier
     occurrence of the context's last n tokens (n = order, ..., 1), in the row's own prompt and answer
@@ -285,9 +299,14 @@ def decode(
     pad_id: int,
     drafter: NgramDrafter | None = None,
     draft_tokens: int = 2,
+    generator: torch.Generator | None = None,
 ) -> Decoded:
     """New tokens [B, <= max_new_tokens] for left-padded prompts (eos ends a row, padding after it),
     with the log-prob each was drawn with: PPO's old log-probs need no second forward.
+
+    The pad token is never produced (its logit is masked, see `mask_pad`): a sampled pad would read as
+    padding inside an answer. Samples draw their uniform numbers from `generator` (default: torch's
+    global one): PPO gives each process its own, so ranks never answer the same prompt alike.
 
     Finished rows leave the batch (and the KV cache), so the last long answers do not drag the
     whole batch along. Positions come from the attention mask, as in training. With a `drafter`,
@@ -298,7 +317,16 @@ def decode(
     """
     with torch.inference_mode():
         tokens, logprobs = _decode(
-            model, input_ids, attention_mask, max_new_tokens, temperature, eos_id, pad_id, drafter, draft_tokens
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            temperature,
+            eos_id,
+            pad_id,
+            drafter,
+            draft_tokens,
+            generator,
         )
     return Decoded(tokens.clone(), logprobs.clone())
 
@@ -313,6 +341,7 @@ def _decode(
     pad_id: int,
     drafter: NgramDrafter | None,
     draft_tokens: int,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, device = input_ids.shape[0], input_ids.device
     out = torch.full((batch, max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
@@ -320,7 +349,9 @@ def _decode(
     if max_new_tokens <= 0 or batch == 0:
         return out[:, :0], out_logprobs[:, :0]
     # One uniform number per (row, answer position), whatever step samples it.
-    uniforms = torch.rand(batch, max_new_tokens, device=device) if temperature is not None else None
+    uniforms = (
+        torch.rand(batch, max_new_tokens, device=device, generator=generator) if temperature is not None else None
+    )
     rows = torch.arange(batch, device=device)  # row of `out` for each live batch entry
     produced = torch.zeros(batch, dtype=torch.long, device=device)
     next_position = positions_from_mask(attention_mask)[:, -1:] + 1  # where the next input token sits
@@ -347,7 +378,7 @@ def _decode(
         columns = torch.arange(width, device=device)
         at = produced[rows][:, None] + columns  # answer position of each column's token
         picked = uniforms[rows[:, None], at.clamp(max=max_new_tokens - 1)].reshape(-1) if uniforms is not None else None
-        tokens, logprobs = pick_tokens(logits.reshape(live * width, -1), temperature, picked)
+        tokens, logprobs = pick_tokens(mask_pad(logits, pad_id, eos_id).reshape(live * width, -1), temperature, picked)
         tokens, logprobs = tokens.view(live, width), logprobs.view(live, width)
         accepted = (tokens[:, :-1] == drafts).long().cumprod(1).sum(1)
         is_eos = (tokens == eos_id) & (columns <= accepted[:, None])
