@@ -1,7 +1,11 @@
-"""Config handling: YAML + flags on TRL's parser, the errors users make, and the saved run_config.yaml."""
+"""Config handling: YAML + flags on TRL's parser and on the light CLIs' loader, the errors users make, and the
+saved run_config.yaml."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +16,16 @@ from trl import ModelConfig, SFTConfig
 from pipelines.data.formats import detect_mapping
 from pipelines.data.sources import DataArguments
 from pipelines.runner import UserError, stage_defaults
-from pipelines.runner.config import RunArguments, parse_config, save_resolved_config
+from pipelines.runner.config import (
+    RunArguments,
+    add_config_flags,
+    config_layers,
+    merge_config,
+    parse_config,
+    save_resolved_config,
+)
 from pipelines.sft.__main__ import GenerationEvalArguments
+from tests.conftest import PYTHON, REPO_ROOT
 
 SFT_ARGUMENTS = [DataArguments, GenerationEvalArguments, RunArguments, SFTConfig, ModelConfig]
 
@@ -211,3 +223,82 @@ def test_saved_run_config_can_be_passed_back_as_config(tmp_path: Path) -> None:
         for name in ("columns", "max_steps", "learning_rate", "max_length", "max_new_tokens", "model_name_or_path"):
             if hasattr(before, name):
                 assert getattr(after, name) == getattr(before, name), name
+
+
+# ---------------------------------------------------------------------------- the loader of the light CLIs
+
+
+@dataclasses.dataclass
+class LightConfig:
+    """A plain config dataclass, as curation, the annotation export and the loop declare theirs."""
+
+    rule: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+    count: int = 1
+    ratio: float | None = None
+    names: list[str] | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    enabled: bool = True
+
+
+def light(argv: list[str], yaml_text: str | None = None, tmp_path: Path | None = None) -> LightConfig:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_flags(parser, LightConfig)
+    if yaml_text is not None and tmp_path is not None:
+        argv = ["--config", str(write_yaml(tmp_path / "light.yaml", yaml_text)), *argv]
+    return merge_config(LightConfig, config_layers(parser.parse_args(argv), LightConfig))
+
+
+def test_light_loader_types_values_and_flags_beat_yaml(tmp_path: Path) -> None:
+    text = "rule: b\ncount: 3\nratio: 0.5\nnames: [x, y]\noverrides: {max_steps: 2}\nenabled: false\n"
+    assert light([], text, tmp_path) == LightConfig("b", 3, 0.5, ["x", "y"], {"max_steps": 2}, False)
+    flags = ["--count", "7", "--names", "p,q", "--overrides", "{seed: 1}", "--enabled", "yes", "--rule", "a"]
+    assert light(flags, text, tmp_path) == LightConfig("a", 7, 0.5, ["p", "q"], {"seed": 1}, True)
+
+
+@pytest.mark.parametrize("word", ["null", "none", "NULL"])
+def test_light_loader_null_on_the_command_line_unsets_a_yaml_key(tmp_path: Path, word: str) -> None:
+    config = light(["--ratio", word, "--names", word], "ratio: 0.5\nnames: [x]\n", tmp_path)
+    assert (config.ratio, config.names) == (None, None)
+    assert light([], "ratio: null\n", tmp_path).ratio is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "yaml_text", "message"),
+    [
+        ([], "cuont: 2\n", "unknown config key 'cuont' in {path}; did you mean 'count'?"),
+        (["--count", "two"], "", "count: 'two' is not a valid int on the command line"),
+        (["--count", "2.5"], "", "count: '2.5' is not a valid int on the command line"),
+        ([], "count: 2.5\n", "count: 2.5 is not a valid int in {path}"),
+        (["--rule", "c"], "", "rule: 'c' is not one of a, b on the command line"),
+        ([], "count: null\n", "count cannot be null in {path}: it needs a value"),
+        (["--enabled", "maybe"], "", "enabled: 'maybe' is not a valid bool on the command line"),
+        ([], "rule: [a]\n", "rule: ['a'] is not a valid str in {path}"),
+    ],
+)
+def test_light_loader_errors_name_the_key_and_where(
+    tmp_path: Path, argv: list[str], yaml_text: str, message: str
+) -> None:
+    with pytest.raises(UserError) as caught:
+        light(argv, yaml_text, tmp_path)
+    assert str(caught.value) == message.format(path=tmp_path / "light.yaml")
+
+
+def test_stage_flag_null_unsets_an_optional_yaml_key_but_report_to_none_stays_a_word(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "c.yaml", "eval_dataset: held-out.jsonl\nsystem_prompt: Be brief.\n")
+    data, *_ = parse_sft("--config", str(config), "--eval_dataset", "null", "--system_prompt=none")
+    assert (data.eval_dataset, data.system_prompt) == (None, None)
+    data, *_ = parse_sft("--config", str(config))
+    assert data.eval_dataset == "held-out.jsonl"
+    *_, training, _ = parse_sft("--report_to", "none")
+    assert training.report_to == []  # transformers' own meaning of the word: no integrations
+
+
+def test_light_clis_import_no_torch_transformers_or_trl() -> None:
+    """`python -m annotation --help`, `export` and the config loader must start in a fraction of a second."""
+    code = (
+        "import sys, annotation.cli, annotation.export, annotation.pull, pipelines.runner.config;"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'argilla') if m in sys.modules))"
+    )
+    done = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -269,7 +269,9 @@ BAD_INPUT = {
     "tokenizer not found: 'models/no-such-model' is not a folder": ("stats", "--tokenizer", "models/no-such-model"),
     "embedding model not found: 'no/such/encoder'": ("dedup", "--model", "no/such/encoder"),
     "tier_bounds must be two increasing numbers": ("select", "--tiers_by", "tokens", "--tier_bounds", "9,3"),
-    "unknown key 'treshold' for dedup": ("run", "--config", "{config}"),
+    "unknown config key 'treshold' for step dedup in": ("run", "--config", "{config}"),
+    "did you mean 'threshold'?": ("run", "--config", "{config}"),
+    "num_proc: 'two' is not a valid int on the command line": ("stats", "--num_proc", "two"),
     "unknown step 'dedupe'": ("dedupe",),
 }
 

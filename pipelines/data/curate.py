@@ -32,12 +32,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from datasets import Dataset, DatasetDict
 
 from pipelines.cli import UserError, claim_output_dir, cli_entry, mask_passwords
 from pipelines.data import card, dedup, fields, filters, select, stats
 from pipelines.data.sources import load_source
+from pipelines.runner.config import add_config_flags, config_fields, flag_values, merge_config, read_yaml
 
 Splits = dict[str, Dataset]
 
@@ -304,92 +304,24 @@ class SelectStep(Step):
 STEPS: dict[str, type[Step]] = {cls.name: cls for cls in (StatsStep, FilterStep, DedupStep, SelectStep)}
 
 
-# ---------------------------------------------------------------------------- options from YAML and flags
+# ---------------------------------------------------------------------------- steps from a config
 
 
-def _options(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-
-
-def _coerce(key: str, field: dataclasses.Field, value: Any, source: str) -> Any:
-    """A YAML value or a flag string as the field's type; 'null' unsets an optional key."""
-    kind = str(field.type)
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and "None" in kind):
-        return None
-    try:
-        if kind.startswith("list["):
-            items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
-            return [float(v) for v in items] if "float" in kind else [str(v) for v in items]
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
-                return str(value).lower() in ("true", "yes", "1")
-            raise ValueError(value)
-        if kind.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: {value!r} is not a valid {kind.replace(' | None', '')} ({source})") from None
-    return str(value)
-
-
-def build(cls: type, values: dict[str, Any], source: str) -> Any:
-    """`cls(**values)` with unknown keys reported (closest valid key suggested) and values typed."""
-    known = _options(cls)
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(known)}"
-            raise UserError(f"unknown key {key!r} for {getattr(cls, 'name', 'curation')} ({source}); {hint}")
-    return cls(**{key: _coerce(key, known[key], value, source) for key, value in values.items()})
-
-
-def parse_steps(items: Any, source: str) -> list[Step]:
+def parse_steps(items: Any, where: str) -> list[Step]:
     """`steps:` in a config: a list of names or one-key mappings `{name: {options}}`, run in order."""
     if not isinstance(items, list) or not items:
-        raise UserError(f"`steps` must be a non-empty list of steps ({', '.join(STEPS)}) in {source}")
+        raise UserError(f"`steps` must be a non-empty list of steps ({', '.join(STEPS)}) {where}")
     steps = []
     for item in items:
         name, options = (item, {}) if isinstance(item, str) else next(iter(item.items()), (None, None))
         if isinstance(item, dict) and len(item) != 1:
-            raise UserError(f"each step is a name or one `name: {{options}}` mapping, got {item!r} in {source}")
+            raise UserError(f"each step is a name or one `name: {{options}}` mapping, got {item!r} {where}")
         if name not in STEPS:
             close = difflib.get_close_matches(str(name), list(STEPS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"unknown step {name!r} in {source}{hint}; steps: {', '.join(STEPS)}")
-        steps.append(build(STEPS[name], options or {}, f"{source}, step {name}"))
+            raise UserError(f"unknown step {name!r} {where}{hint}; steps: {', '.join(STEPS)}")
+        steps.append(merge_config(STEPS[name], [(options or {}, f"for step {name} {where}")]))
     return steps
-
-
-def read_config(path: str) -> dict[str, Any]:
-    config_path = Path(path)
-    if not config_path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"config {path} must be a YAML mapping")
-    return loaded
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Any = ()) -> None:
-    for name, field in _options(cls).items():
-        if name in skip:
-            continue
-        kind = str(field.type).replace(" | None", "")
-        metavar = {"bool": "true|false", "list[str]": "A,B", "list[float]": "X,Y"}.get(kind)
-        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        parser.add_argument(f"--{name}", default=None, metavar=metavar, help=help_text)
-
-
-def split_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in _options(cls) if getattr(args, name, None) is not None}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -442,7 +374,7 @@ def curate(config: CurationConfig, steps: list[Step], command: str) -> Path:
             record = {
                 "index": index,
                 "step": step.name,
-                "options": {k: getattr(step, k) for k in _options(type(step))},
+                "options": {k: getattr(step, k) for k in config_fields(type(step))},
                 "before": before,
                 "after": _counts(splits),
                 "removed": dict(Counter(r["reason"] for r in outcome.removed)),
@@ -519,24 +451,26 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file: shared keys, and a `steps:` list (or this step's keys)")
-    add_flags(parser, CurationConfig)
+    add_config_flags(parser, CurationConfig)
     if command != "run":
-        add_flags(parser, STEPS[command], skip=_options(CurationConfig))
+        add_config_flags(parser, STEPS[command], skip=list(config_fields(CurationConfig)))
     args = parser.parse_args(rest)
-    values = read_config(args.config) if args.config else {}
+    values = read_yaml(args.config) if args.config else {}
     if command == "run" and "steps" not in values:
         raise UserError("run needs --config FILE with a `steps:` list")
-    source = args.config or "flags"
+    where = f"in {args.config}" if args.config else "on the command line"
+    flags = "on the command line"
     step_items = values.pop("steps", None)
-    shared = {k: v for k, v in values.items() if k in _options(CurationConfig)}
-    config = build(CurationConfig, {**shared, **split_values(args, CurationConfig)}, source)
+    shared = {k: v for k, v in values.items() if k in config_fields(CurationConfig)}
+    config = merge_config(CurationConfig, [(shared, where), (flag_values(args, CurationConfig), flags)])
     if command == "run":
-        steps = parse_steps(step_items, source)
+        steps = parse_steps(step_items, where)
     else:
         own = {k: v for k, v in values.items() if k not in shared}
         if step_items is not None:  # one step of a pipeline config: its options from there
             own = next((opts or {} for item in step_items for name, opts in _named(item) if name == command), {})
-        steps = [build(STEPS[command], {**own, **split_values(args, STEPS[command])}, source)]
+        layers = [(own, f"for step {command} {where}"), (flag_values(args, STEPS[command]), flags)]
+        steps = [merge_config(STEPS[command], layers)]
     target = curate(config, steps, shlex.join(["python", "-m", "pipelines.data", *argv]))
     print(f"wrote {target}")
     return 0

@@ -1,63 +1,70 @@
 """The one runner every stage shares: config, seeding, model loading, decoding, one-output models,
-logging, checkpoints, outputs. Stages import these names from here, never from the modules below."""
+logging, checkpoints, outputs. Stages import these names from here, never from the modules below.
 
-from pipelines.cli import UserError, cli_entry
-from pipelines.runner.config import RunArguments, parse_config
-from pipelines.runner.decoding import (
-    Generation,
-    GenerationStats,
-    Messages,
-    NgramDrafter,
-    decode,
-    forward_sharing_prefix,
-    generate_texts,
-    mask_pad,
-    render_prompts,
-    shared_prefix_length,
-)
-from pipelines.runner.modeling import load_model, load_tokenizer, lora_config, score_labelled_tokens_only
-from pipelines.runner.run import (
-    METRICS_FILE,
-    SUMMARY_FILE,
-    MetricsLogger,
-    append_metrics,
-    stage_defaults,
-    start_run,
-    train_evaluate_save,
-    write_run_files,
-    write_summary,
-)
-from pipelines.runner.scoring import load_scalar_model, render_conversations, score_conversations
+Names are imported on first use (PEP 562 `__getattr__`): `from pipelines.runner.config import ...`
+or `from pipelines.runner import parse_config` costs no torch/transformers import, so light CLIs
+(`python -m annotation ...`) share the config loader and still start in a fraction of a second.
+"""
 
-__all__ = [
-    "METRICS_FILE",
-    "SUMMARY_FILE",
-    "Generation",
-    "GenerationStats",
-    "Messages",
-    "MetricsLogger",
-    "NgramDrafter",
-    "RunArguments",
-    "UserError",
-    "append_metrics",
-    "cli_entry",
-    "decode",
-    "forward_sharing_prefix",
-    "generate_texts",
-    "load_model",
-    "load_scalar_model",
-    "load_tokenizer",
-    "lora_config",
-    "mask_pad",
-    "parse_config",
-    "render_conversations",
-    "render_prompts",
-    "score_conversations",
-    "score_labelled_tokens_only",
-    "shared_prefix_length",
-    "stage_defaults",
-    "start_run",
-    "train_evaluate_save",
-    "write_run_files",
-    "write_summary",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# module -> the public names it defines
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "pipelines.cli": ("UserError", "cli_entry"),
+    "pipelines.runner.config": ("RunArguments", "parse_config"),
+    "pipelines.runner.decoding": (
+        "Generation",
+        "GenerationStats",
+        "Messages",
+        "NgramDrafter",
+        "decode",
+        "forward_sharing_prefix",
+        "generate_texts",
+        "mask_pad",
+        "render_prompts",
+        "shared_prefix_length",
+    ),
+    "pipelines.runner.modeling": ("load_model", "load_tokenizer", "lora_config", "score_labelled_tokens_only"),
+    "pipelines.runner.precision": (
+        "PRECISIONS",
+        "Precision",
+        "PrecisionArguments",
+        "add_precision_flag",
+        "announce_precision",
+        "resolve_precision",
+        "training_precision",
+    ),
+    "pipelines.runner.run": (
+        "METRICS_FILE",
+        "SUMMARY_FILE",
+        "MetricsLogger",
+        "append_metrics",
+        "checkpoint_dir",
+        "complete_checkpoint",
+        "stage_defaults",
+        "start_run",
+        "train_evaluate_save",
+        "write_run_files",
+        "write_summary",
+    ),
+    "pipelines.runner.scoring": ("load_scalar_model", "render_conversations", "score_conversations"),
+}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

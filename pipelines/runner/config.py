@@ -1,28 +1,43 @@
-"""Config handling shared by every stage: YAML + command-line flags on TRL's own parser.
+"""The one config loader every CLI shares: a YAML file plus flags of the same names, flags winning.
 
-`python -m pipelines.<stage> --config configs/<stage>/<name>.yaml [--key value ...]`: YAML keys
-and flags are the same names (the fields of the stage's dataclasses); flags win over YAML.
-Unknown keys are an error that suggests the closest valid key.
+    python -m pipelines.<stage> --config configs/<stage>/<name>.yaml [--key value ...]
+    python -m pipelines.data run --config configs/data/curate.yaml --num_proc 1
+    python -m annotation export demo/prefs --config configs/annotation/export.yaml --tie_rule first
+    python -m annotation loop run --config configs/loop/default.yaml --prompts_per_round 8
+
+The rules are the same everywhere: YAML keys and flags are the fields of the command's dataclasses;
+a config that is not a readable YAML mapping is a one-line error (with the line of a syntax error);
+an unknown key is an error that suggests the closest valid key; a key whose default is unset (None)
+is unset again by `null` in YAML or `null`/`none` on the command line; flags override the YAML.
+
+Two front ends apply them: `parse_config` puts the training stages' dataclasses (TRL's and
+transformers' argument classes among them) on TRL's `TrlParser`; `merge_config` with
+`add_config_flags`/`config_layers` does the same for plain dataclasses (curation steps, the
+annotation export, the loop) without importing torch or TRL, so those CLIs start quickly.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
 import re
 import sys
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import TrlParser
 
 from pipelines.cli import UserError, mask_passwords
 
 # Names of credentials (not e.g. `eos_token` or `max_new_tokens`, which are settings).
 SECRET_KEY = re.compile(r"(hub_token|access_?token|auth_?token|api_?key|password|secret)", re.IGNORECASE)
+NULL_WORDS = ("null", "none")
+Layer = tuple[Mapping[str, Any], str]  # (values, where they come from: "in FILE", "on the command line")
 
 
 @dataclasses.dataclass
@@ -39,7 +54,11 @@ class RunArguments:
     )
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
+# ---------------------------------------------------------------------------- the shared rules
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping; a missing file, bad YAML or another shape is a one-line `UserError`."""
     config_path = Path(path)
     if not config_path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -59,14 +78,163 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return config
 
 
-def _unknown_key_error(key: str, valid: Sequence[str], where: str) -> UserError:
+def unknown_key_error(key: str, valid: Sequence[str], where: str) -> UserError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
     return UserError(f"unknown config key '{key}' {where}{hint}")
 
 
+def is_null(value: Any) -> bool:
+    """`null` in YAML, or the word null/none as a flag value: the key goes back to unset."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in NULL_WORDS)
+
+
+def _unsettable(field: dataclasses.Field) -> bool:
+    """Only a key whose default is 'not set' can be unset (`report_to: none` stays the word 'none')."""
+    return field.default is None
+
+
+# ---------------------------------------------------------------------------- plain dataclasses
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The keys of a config dataclass (fields marked `internal` in their metadata are not keys)."""
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _base_type(annotation: Any) -> Any:
+    """`X | None` -> X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return annotation
+
+
+def _convert(kind: Any, value: Any) -> Any:
+    """`value` (from YAML, or a flag's string) as `kind`; ValueError/TypeError when it is not one."""
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word not in ("true", "yes", "1", "false", "no", "0"):
+            raise ValueError(value)
+        return word in ("true", "yes", "1")
+    if origin is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if origin is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if origin is list:
+        items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+        (item_kind,) = typing.get_args(kind) or (Any,)
+        return [_convert(item_kind, item) for item in items]
+    if origin is dict:
+        mapping = yaml.safe_load(value) if isinstance(value, str) else value  # a flag: `{max_steps: 2}`
+        if not isinstance(mapping, dict):
+            raise ValueError(value)
+        return mapping
+    if origin is str:
+        if isinstance(value, dict | list):
+            raise TypeError(value)
+        return str(value)
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def coerce_value(key: str, field: dataclasses.Field, kind: Any, value: Any, where: str) -> Any:
+    """One key's value typed as its field declares, checked against its `choices`; null unsets it."""
+    if value is None and not _unsettable(field):
+        raise UserError(f"{key} cannot be null {where}: it needs a value")
+    if is_null(value) and _unsettable(field):
+        return None
+    base = _base_type(kind)
+    try:
+        typed = _convert(base, value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: {value!r} is not a valid {_type_name(base)} {where}") from None
+    choices = field.metadata.get("choices")
+    if choices and typed not in choices:
+        raise UserError(f"{key}: {typed!r} is not one of {', '.join(map(str, choices))} {where}")
+    return typed
+
+
+def merge_config(cls: type, layers: Sequence[Layer]) -> Any:
+    """`cls` from layers of values, later layers winning: unknown keys, types and choices checked per layer."""
+    fields, hints = config_fields(cls), typing.get_type_hints(cls)
+    merged: dict[str, Any] = {}
+    for values, where in layers:
+        for key, value in values.items():
+            if key not in fields:
+                raise unknown_key_error(key, list(fields), where)
+            merged[key] = coerce_value(key, fields[key], hints[key], value, where)
+    try:
+        return cls(**merged)
+    except (TypeError, ValueError) as err:  # the dataclass's own __post_init__ checks
+        raise UserError(f"invalid config: {str(err).splitlines()[0]}") from None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """`--key VALUE` for every key of `cls` (default: not given); `merge_config` types and checks them."""
+    hints = typing.get_type_hints(cls)
+    for name, field in config_fields(cls).items():
+        if name in skip:
+            continue
+        kind = _base_type(hints[name])
+        origin = typing.get_origin(kind) or kind
+        metavar = {bool: "true|false", list: "A,B", dict: "'{key: value}'"}.get(origin)
+        choices = field.metadata.get("choices")
+        help_text = field.metadata.get("help", "") + (f" ({' | '.join(map(str, choices))})" if choices else "")
+        # argparse formats help with %
+        parser.add_argument(f"--{name}", default=None, metavar=metavar, help=help_text.replace("%", "%%"))
+
+
+def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The keys of `cls` given as flags."""
+    return {name: getattr(args, name) for name in config_fields(cls) if getattr(args, name, None) is not None}
+
+
+def config_layers(args: argparse.Namespace, cls: type, section: str | None = None) -> list[Layer]:
+    """The YAML file of `--config` (or its `section:` mapping, when it has one) under the flags."""
+    layers: list[Layer] = []
+    if getattr(args, "config", None):
+        values = read_yaml(args.config)
+        if section and isinstance(values.get(section), dict):
+            values = values[section]
+        layers.append((values, f"in {args.config}"))
+    layers.append((flag_values(args, cls), "on the command line"))
+    return layers
+
+
+# ---------------------------------------------------------------------------- the stages (TRL's parser)
+
+
 def _raise_user_error(message: str) -> None:
     raise UserError(f"{message} (see --help)")
+
+
+def _flags_unsetting(args: list[str], unsettable: set[str]) -> tuple[list[str], list[str]]:
+    """(args without `--key null|none` for unsettable keys, those keys)."""
+    kept: list[str] = []
+    unset: list[str] = []
+    index = 0
+    while index < len(args):
+        item = args[index]
+        key, sep, inline = item[2:].partition("=") if item.startswith("--") else ("", "", "")
+        value = inline if sep else (args[index + 1] if index + 1 < len(args) else None)
+        if key in unsettable and value is not None and is_null(value):
+            unset.append(key)
+            index += 1 if sep else 2
+            continue
+        kept.append(item)
+        index += 1
+    return kept, unset
 
 
 def parse_config(
@@ -80,6 +248,8 @@ def parse_config(
     `defaults` are the stage's own defaults (e.g. bf16 off on CPU); the YAML overrides them and
     the flags override the YAML.
     """
+    from trl import TrlParser  # here, not at the top: the light CLIs import this module too
+
     args = list(sys.argv[1:] if argv is None else argv)
     # allow_abbrev=False: `--max_step 5` must be an unknown key (with a suggestion), not silently --max_steps
     parser = TrlParser(dataclass_types=list(dataclass_types), prog=prog, allow_abbrev=False)
@@ -93,27 +263,30 @@ def parse_config(
             raise UserError("--config needs a path to a YAML file")
         config_path = args[index + 1]
         del args[index : index + 2]
-        file_config = _load_yaml(config_path)
+        file_config = read_yaml(config_path)
         for key in file_config:
             if key not in valid and key != "env":
-                raise _unknown_key_error(key, valid, f"in {config_path}")
+                raise unknown_key_error(key, valid, f"in {config_path}")
         config.update(file_config)
     config.pop("env", None)
+    unsettable = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if _unsettable(f)}
+    args, unset = _flags_unsetting(args, unsettable)
+    config.update(dict.fromkeys(unset))
     parser.set_defaults_with_config(**config)
 
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
-    except (
-        ValueError,
-        TypeError,
-    ) as err:  # raised by the dataclasses' __post_init__ checks
+    except (ValueError, TypeError) as err:  # raised by the dataclasses' __post_init__ checks
         raise UserError(f"invalid config: {str(err).splitlines()[0]}") from None
     for item in remaining:
         if item.startswith("--"):
-            raise _unknown_key_error(item[2:].split("=", 1)[0], valid, "on the command line")
+            raise unknown_key_error(item[2:].split("=", 1)[0], valid, "on the command line")
     if remaining:
         raise UserError(f"unexpected command-line argument {remaining[0]!r} (flags look like --key value)")
     return tuple(parsed)
+
+
+# ---------------------------------------------------------------------------- what a run used
 
 
 def redact(value: Any, key: str = "") -> Any:
