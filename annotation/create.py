@@ -17,8 +17,8 @@ import json
 from typing import TYPE_CHECKING
 
 from annotation import schemas
-from annotation.client import connect, find_dataset, split_address
-from pipelines.cli import UserError, cli_entry
+from annotation.client import connect, dataset_exists, dataset_kind, find_dataset, split_address
+from pipelines.cli import CliParser, UserError, cli_entry
 
 if TYPE_CHECKING:
     import argilla as rg
@@ -35,12 +35,6 @@ def _workspace(client: rg.Argilla, name: str) -> rg.Workspace:
         return rg.Workspace(name=name, client=client).create()
     except ForbiddenError:
         raise UserError(f"workspace {name!r} does not exist and this API key may not create it (owner only)") from None
-
-
-def dataset_exists(client: rg.Argilla, address: str) -> bool:
-    workspace_name, name = split_address(address)
-    workspace = client.workspaces(workspace_name)
-    return workspace is not None and any(d.name == name for d in workspace.datasets)
 
 
 def create_dataset(
@@ -70,9 +64,7 @@ def update_dataset(dataset: rg.Dataset, kind: str, min_submitted: int) -> rg.Dat
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from annotation.pull import dataset_kind
-
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m annotation create",
         description="Create (or re-configure) an annotation dataset of one of the three kinds.",
         epilog=__doc__,

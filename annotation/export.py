@@ -38,9 +38,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from annotation import schemas
+from annotation.client import pull_dataset
 from annotation.unify import (
     RANKING_RULES,
     RATING_RULES,
@@ -53,9 +52,10 @@ from annotation.unify import (
     outcome_counts,
     unify,
 )
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import CliParser, UserError, cli_entry
 from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
+from pipelines.runner.config import add_config_flags, config_layers, merge_config
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
 SFT_FORMATS = ("prompt-completion", "messages")
@@ -99,18 +99,6 @@ class ExportConfig:
 
     def unify_config(self) -> UnifyConfig:
         return UnifyConfig(rating=self.rating, ranking=self.ranking, tie_rule=self.tie_rule)
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any], source: str) -> ExportConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise UserError(f"unknown key(s) {', '.join(unknown)} in {source}; known: {', '.join(known)}")
-        for key, value in values.items():
-            choices = known[key].metadata.get("choices")
-            if choices and value not in choices:
-                raise UserError(f"{key}: {value!r} is not one of {', '.join(choices)} ({source})")
-        return cls(**values)
 
 
 @dataclasses.dataclass
@@ -256,32 +244,24 @@ def write_versioned(
 # ---------------------------------------------------------------------------- CLI
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the keys below (flags win)")
-    for field in dataclasses.fields(ExportConfig):
-        kind = float if field.name == "min_rating" else int if field.type in ("int", int) else str
-        parser.add_argument(
-            f"--{field.name}",
-            type=kind,
-            default=None,
-            choices=field.metadata.get("choices"),
-            help=field.metadata["help"],
-        )
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the keys below (or under `export:`); flags win")
+    add_config_flags(parser, ExportConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> ExportConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path} must be a YAML mapping of export keys")
-        values.update(loaded.get("export", loaded))
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
-    values.update({key: value for key, value in flags.items() if value is not None})
-    return ExportConfig.from_mapping(values, args.config or "flags")
+def export_config(args: argparse.Namespace) -> ExportConfig:
+    """The rules of `--config` (its `export:` section, or the whole file) under the flags."""
+    return merge_config(ExportConfig, config_layers(args, ExportConfig, section="export"))
+
+
+def write_pulled(path: Path, address: str, kind: str, records: Sequence[PulledRecord]) -> None:
+    """A `pull` output file: a header line (dataset, kind), then one record per line; renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        out.write(json.dumps({"dataset": address, "kind": kind, "records": len(records)}) + "\n")
+        out.writelines(json.dumps(record.to_json(), ensure_ascii=False) + "\n" for record in records)
+    os.replace(partial, path)
 
 
 def read_pulled(path: Path) -> tuple[str, list[PulledRecord]]:
@@ -301,7 +281,7 @@ def read_pulled(path: Path) -> tuple[str, list[PulledRecord]]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m annotation export",
         description="Pull, unify and export annotations as the stages' training data.",
         epilog=__doc__,
@@ -310,15 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", help="workspace/dataset on the Argilla server (or a name, with --input)")
     parser.add_argument("--input", help="a file written by `python -m annotation pull` instead of the server")
     parser.add_argument("--output_dir", help=f"versions go under this folder (default {DEFAULT_OUTPUT_ROOT}/<dataset>)")
-    add_config_flags(parser)
+    add_export_flags(parser)
     args = parser.parse_args(argv)
-    config = config_from_args(args)
-    if args.input:
-        kind, records = read_pulled(Path(args.input))
-    else:
-        from annotation.pull import pull_dataset
-
-        kind, records = pull_dataset(args.dataset)
+    config = export_config(args)
+    kind, records = read_pulled(Path(args.input)) if args.input else pull_dataset(args.dataset)
     result = build_export(kind, records, config)
     summary = report(args.input or f"argilla://{args.dataset}", kind, records, result, config)
     aside = (item.disagreement_row() for item in result.unified if item.outcome == "disagreement")

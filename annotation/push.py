@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from annotation import schemas
-from pipelines.cli import UserError, cli_entry
+from annotation.client import connect, dataset_exists, dataset_kind, find_dataset, record_total, split_address
+from annotation.create import create_dataset
+from pipelines.cli import CliParser, UserError, cli_entry
 from pipelines.data.formats import PROMPT_COLUMNS, detect_mapping, parse_columns
 from pipelines.data.sources import load_source
 
@@ -305,19 +307,9 @@ def send_records(
     return created, len(records) - created
 
 
-def record_total(client: rg.Argilla, dataset: rg.Dataset) -> int:
-    response = client.api.http_client.get(f"/api/v1/datasets/{dataset.id}/records", params={"limit": 1})
-    response.raise_for_status()
-    return int(response.json()["total"])
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from annotation.client import connect, find_dataset, split_address
-    from annotation.create import create_dataset, dataset_exists
-    from annotation.pull import dataset_kind
-
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m annotation push",
         description="Push records from a file or dataset to an Argilla dataset (idempotent on record ids).",
         epilog=__doc__,

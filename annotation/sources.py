@@ -15,28 +15,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 from datasets import Dataset
 
+from annotation.client import pull_dataset
 from annotation.export import ExportConfig, build_export
-from annotation.pull import pull_dataset
 from pipelines.cli import UserError
 from pipelines.data.sources import register_scheme
-
-NUMERIC_KEYS = {"min_submitted": int, "min_rating": float}
-
-
-def export_config(query: str, spec: str) -> ExportConfig:
-    values: dict[str, object] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        try:
-            values[key] = NUMERIC_KEYS[key](value) if key in NUMERIC_KEYS else value
-        except ValueError:
-            raise UserError(f"{key}={value!r} in {spec} is not a number") from None
-    return ExportConfig.from_mapping(values, spec)
+from pipelines.runner.config import merge_config
 
 
 def load_argilla(spec: str) -> Dataset:
     """Rows of `argilla://workspace/dataset[?key=value...]`, unified and shaped for the stages."""
     parts = urlsplit(spec)
-    config = export_config(parts.query, spec)
+    config = merge_config(ExportConfig, [(dict(parse_qsl(parts.query, keep_blank_values=True)), f"in {spec}")])
     kind, records = pull_dataset(f"{parts.netloc}{parts.path}")
     rows = build_export(kind, records, config).rows
     if not rows:

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from annotation import schemas
-from annotation.export import ExportConfig, build_export, read_pulled, report, write_versioned
-from annotation.pull import write_pulled
+from annotation.export import ExportConfig, build_export, read_pulled, report, write_pulled, write_versioned
 from annotation.unify import Answer, PulledRecord, UnifyConfig, agreement, annotator_counts, unify
 from pipelines.cli import UserError
+from pipelines.runner.config import merge_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ranking(*order: int) -> list[dict[str, Any]]:
@@ -229,10 +231,10 @@ def test_text_keep_discard_vote_and_its_alpha() -> None:
 
 
 def test_unknown_rule_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="tie_rule"):
-        ExportConfig.from_mapping({"tie_rule": "coin"}, "test")
-    with pytest.raises(UserError, match="unknown key"):
-        ExportConfig.from_mapping({"pair": "all_pairs"}, "test")
+    with pytest.raises(UserError, match="tie_rule: 'coin' is not one of aside, first in test"):
+        merge_config(ExportConfig, [({"tie_rule": "coin"}, "in test")])
+    with pytest.raises(UserError, match="unknown config key 'pair_rul' in test; did you mean 'pair_rule'"):
+        merge_config(ExportConfig, [({"pair_rul": "all_pairs"}, "in test")])
 
 
 def test_versions_are_written_whole_and_latest_follows(tmp_path: Path) -> None:
@@ -264,15 +266,21 @@ def test_export_cli_from_a_pulled_file(tmp_path: Path, run_cli) -> None:
     result = run_cli("annotation", "export", "ws/prefs", "--input", pulled, "--output_dir", out, "--tie_rule", "first")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["rows"] == 6  # r3 joins with a's ranking
+    shipped = REPO / "configs" / "annotation" / "export.yaml"  # the shipped rules run as is: r3 goes aside
+    result = run_cli("annotation", "export", "ws/prefs", "--input", pulled, "--output_dir", out, "--config", shipped)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["rows"] == 5
     bad = run_cli("annotation", "export", "ws/prefs", "--input", pulled, "--output_dir", out, "--pair_rule", "x")
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: pair_rule: 'x' is not one of all_pairs, best_vs_rest on the command line"
+    ]
     config = tmp_path / "c.yaml"
     config.write_text("export:\n  pairs: all\n")
     bad = run_cli("annotation", "export", "ws/prefs", "--input", pulled, "--output_dir", out, "--config", config)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        f"error: unknown key(s) pairs in {config}; known: {', '.join(ExportConfig.__dataclass_fields__)}"
+        f"error: unknown config key 'pairs' in {config}; see --help for the valid keys"
     ]
-    assert sorted(p.name for p in out.iterdir()) == ["latest", "v1"]
+    assert sorted(p.name for p in out.iterdir()) == ["latest", "v1", "v2"]
 
 
 def test_schema_names_are_what_unify_reads() -> None:
