@@ -11,7 +11,7 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "server": ("annotation.server", "start|stop|status|logs the embedded Argilla server"),
+    "server": ("annotation.server.launcher", "start|stop|status|logs the embedded Argilla server"),
     "create": ("annotation.create", "create a text, instruction or comparison dataset (or set its overlap)"),
     "users": ("annotation.users", "add annotators to a workspace, list a workspace's users"),
     "push": ("annotation.push", "push records from a file or dataset (idempotent on record ids)"),

@@ -37,7 +37,7 @@ def _save_credentials(path: Path, new: dict[str, dict[str, Any]]) -> None:
 
 
 def default_credentials() -> Path:
-    from annotation.server import home_dir
+    from annotation.server.launcher import home_dir
 
     return home_dir() / "annotators.json"
 

@@ -122,10 +122,12 @@ class MemorySampler:
 
 
 @contextmanager
-def embedded_server(home: Path) -> Iterator[list[int]]:
-    """Start the embedded server under `home`; yields the pids whose trees make up the server."""
+def embedded_server(home: Path, *start_args: str) -> Iterator[list[int]]:
+    """Start the embedded server under `home` (`start_args`: more `server start` flags); yields the pids whose
+    trees make up the server."""
     env = {**os.environ, "ANNOTATION_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "annotation", "server", "start"], cwd=ROOT, env=env, check=True)
+    start = [sys.executable, "-m", "annotation", "server", "start", *start_args]
+    subprocess.run(start, cwd=ROOT, env=env, check=True)
     os.environ["ANNOTATION_HOME"] = str(home)
     try:
         yield server_pids()
@@ -135,7 +137,7 @@ def embedded_server(home: Path) -> Iterator[list[int]]:
 
 def server_pids() -> list[int]:
     """The embedded server's processes (API, rq worker, Redis) as its launcher recorded them."""
-    from annotation.server import Paths, State, home_dir
+    from annotation.server.launcher import Paths, State, home_dir
 
     return sorted(State.load(Paths(home_dir())).alive().values())
 
@@ -202,8 +204,8 @@ def seed_responses(client: Any, dataset: Any, rows: list[dict[str, str]]) -> Non
 
 
 def export_side(client: Any, dataset: Any, out: Path) -> tuple[float, dict[str, float], int]:
+    from annotation.client import fetch_records
     from annotation.export import ExportConfig, build_export, report, write_versioned
-    from annotation.pull import fetch_records
 
     config = ExportConfig()
     times: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""What annotation/server_app.py's `skip_reloading_new_bare_records` must keep: in one bulk upsert, a new record
+"""What annotation/server/patches.py's `skip_reloading_new_bare_records` must keep: in one bulk upsert, a new record
 without responses, suggestions or vectors answers with empty ones and pending, while the records next to it (new
 with a suggestion or a submitted response, or already stored) are read back as the stock server reads them; the
 answer matches what a later read of the dataset returns."""

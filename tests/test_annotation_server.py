@@ -159,6 +159,45 @@ def test_kill_9_mid_annotation_keeps_every_acknowledged_response(argilla_server,
     assert set(acknowledged) <= stored
 
 
+def test_two_starts_at_the_same_moment_start_one_server(tmp_path: Path) -> None:
+    """Both exit 0: one starts the server, the other waits for it and says it is running (same URL)."""
+    home = tmp_path / "var"
+    base = {k: v for k, v in cli_env().items() if k not in ("ARGILLA_API_URL", "ARGILLA_API_KEY")}
+    env = {**base, "ANNOTATION_HOME": str(home)}
+    starts = [
+        subprocess.Popen(
+            cli_command("annotation", "server", "start"),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        outputs = [start.communicate(timeout=300) for start in starts]
+        assert [start.returncode for start in starts] == [0, 0], outputs
+        winner = [out for out, _ in outputs if "Argilla is running at" in out]
+        loser = [out for out, _ in outputs if out.startswith("already running at")]
+        assert len(winner) == 1 and len(loser) == 1, outputs
+        assert loser[0].strip().count("\n") == 0 and "at the same moment" in loser[0]
+        url = winner[0].split("Argilla is running at ")[1].split()[0]
+        assert loser[0].split()[3] == url
+        assert sorted(json.loads((home / "server.json").read_text())["processes"]) == ["redis", "server", "worker"]
+        assert httpx.get(f"{url}/api/v1/status", timeout=30).status_code == 200
+    finally:
+        server_cli(home, "stop")
+
+
+def test_a_start_asking_for_another_port_is_one_line(argilla_server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        other = probe.getsockname()[1]
+    done = argilla_server.run_server("start", "--port", other)
+    one_error_line(done, "another port is already running at", argilla_server.url, "server stop")
+
+
 def test_a_taken_redis_port_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -217,7 +256,7 @@ def test_the_worker_recomputes_statuses_when_the_overlap_changes(argilla_server,
 
 
 def test_bulk_upserts_keep_argillas_checks_and_statuses(argilla_server, client) -> None:
-    """What annotation/server_app.py's record patches must keep: a new record is checked (its fields, and its
+    """What annotation/server/patches.py's record patches must keep: a new record is checked (its fields, and its
     responses when it has some) as Argilla checks it, and each upserted record's status follows its submitted
     responses, whether it was just created, given a response, or updated without one."""
     dataset = make_dataset(client, ["seed"])

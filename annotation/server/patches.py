@@ -1,43 +1,40 @@
-"""What the launcher (annotation/server.py) runs inside the Argilla server's own venv.
+"""Every change the embedded server makes to argilla-server's private internals, in one place.
 
-    python -m annotation.server_app serve --host 127.0.0.1 --port 6900 < owner.json
-    python -m annotation.server_app worker
+Runs inside the server's venv (imports only argilla_server, its dependencies and the standard library).
+Each patch below was written against argilla-server 2.8.0's own source: `apply_all()` applies them only
+on that version (another one runs stock and says so in the server log), and each replaces attributes
+that must exist (`_replace` fails at start-up instead of silently running stock). `python -m
+annotation.server.patches --check` applies them all and fails when the installed argilla-server is not
+the version they were read from; tests/test_annotation_server_patches.py runs it, and the behaviour of
+each patch is tested through the server (tests/test_annotation_server.py, tests/test_annotation_bulk.py,
+tests/test_annotation_load.py, the webhook test of tests/test_annotation_datasets.py).
 
-`serve` first brings the database up to date (Argilla's migrations, the engine's text index, the
-owner whose API key and password it reads as JSON on stdin, never from the command line), then serves
-the API and UI: one Python start-up instead of two.
-
-Five changes to how the stock server runs, each measured on bulk upserts of 500 records (see
-bench/annotation_ingest.py): webhook events are built only when a webhook listens, a new record is
-validated without a throwaway ORM record when it has no suggestions or responses to check, a record
-status that does not change is not written again, a new record with nothing attached is not read back
-from the database, and the garbage collector leaves the loaded app alone. The three record patches
-are for argilla-server 2.8.0 only (another version runs stock).
-(SQLite's `synchronous=NORMAL` was measured too: an fsync costs 0.2 ms a commit here, nothing next to
-a request, so commits stay fully durable.)
-
-The stock `python -m argilla_server start|worker` cannot load a custom search engine: each entry
-here imports `annotation.search_engine` first, which registers it for `ARGILLA_SEARCH_ENGINE`. The
-worker needs it too (it recomputes record statuses through the engine). Configuration comes from the
-ARGILLA_* environment the launcher sets. Imports only argilla_server, its dependencies and stdlib.
+What each saves was measured in-process on bulk upserts of 500 records (bench/annotation_ingest.py) or
+on annotators' submissions (bench/annotation_load.py); the figures are in each docstring and in the
+commits that added them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
-import gc
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from annotation import search_engine
+VERSION = "2.8.0"  # the argilla-server every patch here was read from
 
-GC_THRESHOLD = 50_000
-PATCHED_VERSION = "2.8.0"  # the argilla-server whose validator and status code the record patches were read from
-OWNER = "argilla"  # Argilla's default owner and workspace names, which its docs and SDK examples use
+
+def _target(owner: Any, name: str) -> Any:
+    """`owner.name`, which must exist: a patch whose target moved must fail, not run stock unnoticed."""
+    if not hasattr(owner, name):
+        raise RuntimeError(f"{getattr(owner, '__name__', owner)}.{name} is gone: the patch was read from {VERSION}")
+    return getattr(owner, name)
+
+
+def _replace(owner: Any, name: str, new: Any) -> None:
+    _target(owner, name)
+    setattr(owner, name, new)
 
 
 _LISTENED = "annotation_webhook_events"  # session.info key: the events the enabled webhooks listen to
@@ -72,10 +69,15 @@ def build_events_only_when_heard() -> None:
     from argilla_server.bulk import records_bulk
     from argilla_server.contexts import datasets, distribution, records
 
-    for module in (records_bulk, records, datasets, distribution):
-        for name in ("notify_record_event_v1", "notify_response_event_v1"):
-            if hasattr(module, name):
-                setattr(module, name, _when_heard(getattr(module, name)))
+    senders = {
+        records_bulk: ("notify_record_event_v1",),
+        records: ("notify_record_event_v1",),
+        datasets: ("notify_record_event_v1", "notify_response_event_v1"),
+        distribution: ("notify_record_event_v1",),
+    }
+    for module, names in senders.items():
+        for name in names:
+            _replace(module, name, _when_heard(_target(module, name)))
 
 
 def validate_without_throwaway_records() -> None:
@@ -94,7 +96,7 @@ def validate_without_throwaway_records() -> None:
         cls._validate_metadata(record_create.metadata, dataset)
         cls._validate_vectors(record_create.vectors, dataset)
 
-    RecordCreateValidator.validate = classmethod(validate)
+    _replace(RecordCreateValidator, "validate", classmethod(validate))
 
 
 def _loaded(record: Any, keys: tuple[str, ...]) -> bool:
@@ -125,7 +127,7 @@ def write_only_changed_statuses() -> None:
             db.add(record)
         return record
 
-    distribution._update_record_status_with_overlap_strategy = update_status
+    _replace(distribution, "_update_record_status_with_overlap_strategy", update_status)
 
 
 _RELATED = ("dataset", "responses", "responses_submitted", "suggestions", "vectors")
@@ -181,110 +183,53 @@ def skip_reloading_new_bare_records() -> None:
         if unloaded:
             await preload(db, unloaded)
 
-    records_bulk.UpsertRecordsBulk._fetch_existing_dataset_records = fetch_existing_noted
-    records_bulk.CreateRecordsBulk._upsert_records_relationships = upsert_relationships_noted
-    distribution.unsafe_update_records_status = update_statuses_of_unloaded
-    records_bulk._preload_records_relationships_before_index = preload_unloaded
+    _replace(records_bulk.UpsertRecordsBulk, "_fetch_existing_dataset_records", fetch_existing_noted)
+    _replace(records_bulk.CreateRecordsBulk, "_upsert_records_relationships", upsert_relationships_noted)
+    _replace(distribution, "unsafe_update_records_status", update_statuses_of_unloaded)
+    _replace(records_bulk, "_preload_records_relationships_before_index", preload_unloaded)
 
 
-def patch_record_writes() -> None:
-    """The record patches above, on the argilla-server they were written against; any other runs stock."""
+PATCHES: tuple[Callable[[], None], ...] = (
+    build_events_only_when_heard,
+    validate_without_throwaway_records,
+    write_only_changed_statuses,
+    skip_reloading_new_bare_records,
+)
+
+
+def installed_version() -> str:
     from argilla_server._version import __version__
 
-    if __version__ == PATCHED_VERSION:
-        validate_without_throwaway_records()
-        write_only_changed_statuses()
-        skip_reloading_new_bare_records()
+    return __version__
 
 
-def prepare(owner: dict) -> None:
-    """Bring the database to Argilla's schema plus the engine's text index; make sure the owner exists."""
-    from argilla_server.cli.database.migrate import migrate_db
-    from argilla_server.database import sync_engine
-
-    migrate_db("head")
-    with sync_engine.connect() as connection:
-        # WAL: the server and the worker read while the other writes.
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-    with sync_engine.begin() as connection:
-        rebuilt = search_engine.ensure_schema(connection)
-    if rebuilt:
-        print(f"rebuilt the text index of {rebuilt} dataset(s)")
-    message = asyncio.run(_set_owner(owner["api_key"], owner["password"], owner["replace"]))
-    if message:
-        print(message, flush=True)
+def apply_all() -> list[str]:
+    """Apply every patch on the version they were read from; on another, none (stock), said in one line."""
+    version = installed_version()
+    if version != VERSION:
+        print(f"argilla-server {version}: the project's patches were read from {VERSION}; running stock", flush=True)
+        return []
+    for patch in PATCHES:
+        patch()
+    return [patch.__name__ for patch in PATCHES]
 
 
-async def _set_owner(api_key: str, password: str, replace: bool) -> str | None:
-    """Create the owner if missing; with `replace` (new key files), give an existing one this key and password."""
-    from argilla_server.cli.database.users.utils import get_or_new_workspace
-    from argilla_server.contexts import accounts
-    from argilla_server.database import AsyncSessionLocal
-    from argilla_server.models import User, UserRole
-
-    async with AsyncSessionLocal() as db:
-        user = await accounts.get_user_by_username(db, OWNER)
-        if user is None:
-            await User.create(
-                db,
-                first_name="Owner",
-                username=OWNER,
-                role=UserRole.owner,
-                api_key=api_key,
-                password_hash=accounts.hash_password(password),
-                workspaces=[await get_or_new_workspace(db, OWNER)],
-            )
-            return f"created the owner {OWNER!r}"
-        if not replace:
-            return None
-        await user.update(db, api_key=api_key, password_hash=accounts.hash_password(password))
-        return f"gave the owner {OWNER!r} a new API key and password"
-
-
-def collect_garbage_less() -> None:
-    """The app's own objects (modules, pydantic schemas, SQLAlchemy mappers) set aside for good, and a
-    collection every 50,000 new objects instead of 700: a bulk of 500 records creates tens of thousands of
-    short-lived ORM objects, and each full collection walked the whole app again (40 % of a bulk's time)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-def serve(host: str, port: int, owner: dict) -> None:
-    prepare(owner)
-    build_events_only_when_heard()
-    patch_record_writes()
-
-    import uvicorn
-    from argilla_server import app
-
-    collect_garbage_less()
-    uvicorn.run(app, host=host, port=port, access_log=False)
-
-
-def worker() -> None:
-    from argilla_server.jobs.queues import DEFAULT_QUEUE, HIGH_QUEUE, REDIS_CONNECTION
-    from rq import Worker
-
-    build_events_only_when_heard()
-    patch_record_writes()
-    collect_garbage_less()
-    Worker([HIGH_QUEUE, DEFAULT_QUEUE], connection=REDIS_CONNECTION).work(with_scheduler=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m annotation.server_app")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="migrate, then serve the API and UI (owner JSON on stdin)")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=6900)
-    commands.add_parser("worker", help="the rq worker for background jobs")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotation.server.patches", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail unless every patch applies to the installed server")
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        serve(args.host, args.port, json.loads(sys.stdin.read()))
-    else:
-        worker()
+    version = installed_version()
+    if args.check and version != VERSION:
+        print(
+            f"argilla-server {version} is installed but every patch in annotation/server/patches.py was read from "
+            f"{VERSION}: read each against {version}'s source, then set VERSION",
+            file=sys.stderr,
+        )
+        return 1
+    for name in apply_all():
+        print(f"applied {name}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
-"""`python -m annotation.conformance`: argilla-server 2.8.0's search-engine tests against the project's engine.
+"""`python -m annotation.server.conformance`: argilla-server 2.8.0's search-engine tests against the project's engine.
 
-    python -m annotation.conformance                 # all of tests/unit/search_engine/
-    python -m annotation.conformance -k metadata     # extra arguments go to pytest
+    python -m annotation.server.conformance                 # all of tests/unit/search_engine/
+    python -m annotation.server.conformance -k metadata     # extra arguments go to pytest
 
 Downloads the argilla-server sdist once into .cache/argilla-conformance (their code: never
 committed), installs the test tools pinned in requirements.txt beside it, and runs the sdist's
@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from annotation.server import ENGINE, REPO_ROOT, ensure_server_venv
+from annotation.server.launcher import ENGINE, REPO_ROOT, ensure_server_venv
 from pipelines.cli import UserError, cli_entry
 
 VERSION = "2.8.0"
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         command = [
             str(python), "-m", "pytest", "tests/unit/search_engine", "--noconftest",
-            "-p", "pytest_asyncio.plugin", "-p", "annotation.conformance.plugin", "-p", "no:cacheprovider",
+            "-p", "pytest_asyncio.plugin", "-p", "annotation.server.conformance.plugin", "-p", "no:cacheprovider",
             "-o", "log_cli=false", "-q", *(sys.argv[1:] if argv is None else argv),
         ]  # fmt: skip
         return subprocess.run(command, cwd=sdist, env=env, check=False).returncode

@@ -1,7 +1,7 @@
 """Argilla's search engine without Elasticsearch: SQL over Argilla's own SQLite tables.
 
 Runs inside the Argilla server's venv (imports only argilla_server, its dependencies and the
-standard library). Registered as `ARGILLA_SEARCH_ENGINE=sqlite-fts5`; `annotation.server_app`
+standard library). Registered as `ARGILLA_SEARCH_ENGINE=sqlite-fts5`; `annotation.server.app`
 imports this module so the server and the rq worker both know it.
 
 Why the database is the index: Argilla creates one engine instance per request (and the worker

@@ -6,9 +6,9 @@
     python -m annotation server stop
 
 `start` runs Redis (Debian's redis-server) on a free local port, migrates the SQLite database, then
-starts the Argilla API + UI (uvicorn) and its rq worker from `annotation.server_app` in the server's
-own venv (`var/argilla-venv`, pinned in annotation/server-requirements.txt: its pins clash with the
-training stack), with the project's search engine (annotation/search_engine.py). All state lives in
+starts the Argilla API + UI (uvicorn) and its rq worker from `annotation.server.app` in the server's
+own venv (`var/argilla-venv`, pinned in annotation/server/requirements.txt: its pins clash with the
+training stack), with the project's search engine (annotation/server/search_engine.py). All state lives in
 the var dir: `var/argilla` in the repository, `$ANNOTATION_HOME`, or `--home`. The first start creates
 the owner `argilla` with a random password and API key, kept in 0600 files there. Stopped and started
 again, the server keeps all its data. With ARGILLA_API_URL and ARGILLA_API_KEY set, everything talks to
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -36,15 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry, mask_passwords
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REQUIREMENTS = Path(__file__).with_name("server-requirements.txt")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 OWNER = "argilla"
-ENGINE = "sqlite-fts5"  # annotation.search_engine.ENGINE_NAME (that module imports argilla_server)
+ENGINE = "sqlite-fts5"  # annotation.server.search_engine.ENGINE_NAME (that module imports argilla_server)
 DEFAULT_PORT = 6900
 SERVICES = ("redis", "server", "worker")
 START_HINT = "start it with `python -m annotation server start`"
+SQLITE = "sqlite"  # `--database-url sqlite`: the var dir's own SQLite file (the default)
 
 
 def home_dir(flag: str | None = None) -> Path:
@@ -97,7 +99,7 @@ def _run_step(args: list[str], python: str, what: str) -> None:
 
 
 def _pip_install(python: Path, log: Path) -> None:
-    """pip install -r server-requirements.txt with a progress bar over the pinned packages."""
+    """pip install -r requirements.txt with a progress bar over the pinned packages."""
     from tqdm import tqdm
 
     pins = [line for line in REQUIREMENTS.read_text().splitlines() if line.strip() and not line.startswith("#")]
@@ -140,8 +142,27 @@ class Paths:
         return self.home / "owner-password"
 
     @property
+    def database_url_file(self) -> Path:
+        """The PostgreSQL URL given to `start --database-url` (0600: it may hold a password); none: SQLite."""
+        return self.home / "database-url"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "start.lock"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    def database_url(self) -> str:
+        """The database the server runs on: the saved PostgreSQL URL, else the SQLite file in the var dir."""
+        if self.database_url_file.is_file():
+            return self.database_url_file.read_text().strip()
+        return self.sqlite_url
+
+    @property
+    def sqlite_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.home / 'argilla.db'}"
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -172,7 +193,7 @@ class State:
         return cls(**{k: data[k] for k in ("host", "port", "redis_port", "processes") if k in data})
 
     def save(self, paths: Paths) -> None:
-        tmp = paths.state.with_suffix(".tmp")
+        tmp = paths.state.with_name(f".{paths.state.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.__dict__, indent=2))
         tmp.replace(paths.state)
 
@@ -290,7 +311,7 @@ def _server_env(paths: Paths, redis_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
     env.update(
         ARGILLA_HOME_PATH=str(paths.home),
-        ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{paths.home / 'argilla.db'}",
+        ARGILLA_DATABASE_URL=paths.database_url(),
         ARGILLA_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         ARGILLA_SEARCH_ENGINE=ENGINE,
         ARGILLA_ENABLE_TELEMETRY="false",
@@ -362,29 +383,46 @@ def start(args: argparse.Namespace) -> int:
     if external is not None:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
         return 0
+    database = _database_url_flag(args.database_url)
     paths = Paths(home_dir(args.home))
-    state = State.load(paths)
-    running = state.alive()
-    if set(running) == set(SERVICES) and state.url and _healthy(state.url):
-        print(f"already running at {state.url} (var dir {paths.home})")
-        return 0
-    if running:
-        missing = ", ".join(sorted(set(SERVICES) - set(running)))
-        problem = f"{missing} stopped" if missing else "the server does not answer"
-        print(f"server: {problem} ({', '.join(sorted(running))} still running): restarting everything")
-        _stop_processes(state)
-        state.save(paths)
+    if not paths.home.exists():  # nothing of ours can hold a port yet: fail before writing anything
+        _choose_port(args.port, None, None, "the server", "--port")
+        _choose_port(args.redis_port, None, None, "Redis", "--redis-port")
+    with _start_lock(paths, args.timeout) as waited:
+        state = State.load(paths)
+        running = state.alive()
+        if set(running) == set(SERVICES) and state.url and _healthy(state.url):
+            _same_server(state, paths, args, database)
+            also = ": another `start` started it at the same moment" if waited else ""
+            print(f"already running at {state.url} (var dir {paths.home}){also}")
+            return 0
+        if waited:
+            raise UserError(
+                f"another `start` was starting the server in {paths.home} at the same moment and it did not come up: "
+                "see `python -m annotation server logs`"
+            )
+        if running:
+            missing = ", ".join(sorted(set(SERVICES) - set(running)))
+            problem = f"{missing} stopped" if missing else "the server does not answer"
+            print(f"server: {problem} ({', '.join(sorted(running))} still running): restarting everything")
+            _stop_processes(state)
+            state.save(paths)
+        return _start_locked(args, paths, state, database)
+
+
+def _start_locked(args: argparse.Namespace, paths: Paths, state: State, database: str | None) -> int:
     redis = shutil.which("redis-server")
     if redis is None:
         raise UserError(
             "redis-server not found: install it (Debian: apt-get install redis-server; macOS: brew install redis)"
         )
-    state.host = args.host
+    state.host = args.host or "127.0.0.1"
     state.port = _choose_port(args.port, state.port, DEFAULT_PORT, "the server", "--port")
     state.redis_port = _choose_port(args.redis_port, None, None, "Redis", "--redis-port")
-    if not paths.home.exists():
-        paths.home.mkdir(parents=True)
-        paths.home.chmod(0o700)  # the database holds every user's API key
+    if database == SQLITE:
+        paths.database_url_file.unlink(missing_ok=True)
+    elif database is not None:
+        _write_secret(paths.database_url_file, database)
     paths.logs.mkdir(exist_ok=True)
     python = ensure_server_venv()
     began = time.monotonic()
@@ -396,8 +434,59 @@ def start(args: argparse.Namespace) -> int:
         raise
     print(f"Argilla is running at {state.url} (started in {time.monotonic() - began:.1f} s; var dir {paths.home})")
     print(f"  owner: {OWNER}; API key in {paths.key_file}; password in {paths.password_file}")
+    print(f"  database: {mask_passwords(paths.database_url())}")
     print("  stop it with `python -m annotation server stop`; logs: `python -m annotation server logs`")
     return 0
+
+
+def _database_url_flag(value: str | None) -> str | None:
+    """`--database-url` checked: a PostgreSQL URL, or `sqlite` (back to the var dir's SQLite file)."""
+    if value is None or value == SQLITE:
+        return value
+    if not value.startswith(("postgresql://", "postgresql+asyncpg://")):
+        raise UserError(f"--database-url takes a postgresql:// URL or `sqlite`, not {mask_passwords(value)!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _start_lock(paths: Paths, timeout: float) -> Iterator[bool]:
+    """Held by one `start` at a time in a var dir; yields whether another `start` held it first (this one waited)."""
+    with contextlib.suppress(FileExistsError):
+        paths.home.mkdir(parents=True)
+        paths.home.chmod(0o700)  # the database holds every user's API key
+    descriptor = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        waited, deadline = False, time.monotonic() + timeout + 60
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = True
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"another `start` has been starting the server in {paths.home} for too long"
+                    ) from None
+                time.sleep(0.2)
+        yield waited
+    finally:
+        os.close(descriptor)
+
+
+def _same_server(state: State, paths: Paths, args: argparse.Namespace, database: str | None) -> None:
+    """A running server answers a `start` only if it is the one asked for (port, interface, database)."""
+    asked_database = paths.sqlite_url if database == SQLITE else database
+    asked = {
+        "port": (args.port, state.port),
+        "interface": (args.host, state.host),
+        "database": (asked_database, paths.database_url()),
+    }
+    different = " and ".join(name for name, (want, have) in asked.items() if want is not None and want != have)
+    if different:
+        raise UserError(
+            f"a server with another {different} is already running at {state.url} (var dir {paths.home}): "
+            "stop it first with `python -m annotation server stop`"
+        )
 
 
 def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float) -> None:
@@ -419,7 +508,7 @@ def _start_services(state: State, paths: Paths, redis: str, python: Path, timeou
         "password": paths.password_file.read_text().strip(),
         "replace": replace,  # new files: an existing owner (whose files were lost) gets these credentials
     }
-    app = [str(python), "-m", "annotation.server_app"]
+    app = [str(python), "-m", "annotation.server.app"]
     _spawn(state, paths, "worker", [*app, "worker"], env)
     serve = [*app, "serve", "--host", state.host, "--port", str(state.port)]
     server = _spawn(state, paths, "server", serve, env, stdin=json.dumps(owner))
@@ -461,6 +550,7 @@ def status(args: argparse.Namespace) -> int:
             "api_key_file": str(paths.key_file) if key else None,
             "password_file": str(paths.password_file) if paths.password_file.is_file() else None,
             "owner": OWNER,
+            "database": mask_passwords(paths.database_url()),
         }
     report["healthy"] = bool(url) and _healthy(url)
     if report["healthy"] and key:
@@ -478,6 +568,8 @@ def status(args: argparse.Namespace) -> int:
 
 def _print_status(report: dict[str, Any]) -> None:
     print(f"Argilla at {report['url']}: healthy{' (external)' if report['external'] else ''}")
+    if report.get("database"):
+        print(f"  database: {report['database']}")
     if report.get("api_key_file"):
         print(f"  owner {report['owner']}: API key in {report['api_key_file']}, password in {report['password_file']}")
     users = report.get("users", [])
@@ -523,7 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     start_parser = commands.add_parser("start", parents=[home], help="start Redis, the server and its worker")
     start_parser.add_argument("--port", type=int, help=f"server port (default: the last one, {DEFAULT_PORT}, or free)")
     start_parser.add_argument("--redis-port", type=int, help="Redis port (default: a free one)")
-    start_parser.add_argument("--host", default="127.0.0.1", help="interface to serve on (0.0.0.0: the whole network)")
+    start_parser.add_argument("--host", help="interface to serve on (default 127.0.0.1; 0.0.0.0: the whole network)")
+    start_parser.add_argument(
+        "--database-url",
+        help="run on this PostgreSQL (postgresql://user@host/db, kept for later starts); `sqlite`: back to the "
+        "var dir's SQLite file (the default)",
+    )
     start_parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
     commands.add_parser("stop", parents=[home], help="stop the server, its worker and Redis")
     status_parser = commands.add_parser("status", parents=[home], help="URL, health, users and datasets")

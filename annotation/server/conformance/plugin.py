@@ -1,6 +1,6 @@
-"""pytest plugin: argilla-server's own search-engine tests, pointed at `annotation.search_engine`.
+"""pytest plugin: argilla-server's own search-engine tests, pointed at `annotation.server.search_engine`.
 
-Loaded by `python -m annotation.conformance` with `--noconftest`, inside the server venv, from the
+Loaded by `python -m annotation.server.conformance` with `--noconftest`, inside the server venv, from the
 unpacked argilla-server sdist (so `tests.factories` and `tests.database` are theirs, unchanged). It
 replaces the sdist's conftests: the database fixtures (SQLite, migrated, one savepoint per test),
 `search_engine` (this project's engine) and `opensearch`, the client the tests use to read and write
@@ -28,7 +28,7 @@ from sqlalchemy import NullPool, delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from tests.database import TestSession, set_task
 
-from annotation.search_engine import SQLiteSearchEngine, ensure_schema
+from annotation.server.search_engine import SQLiteSearchEngine, ensure_schema
 
 MAPPING = "asserts the Elasticsearch index mapping"
 DOCUMENT = "asserts the layout of the Elasticsearch document (_source)"
