@@ -11,7 +11,9 @@ Which records are exported (key `export_rule`, default `corrected_or_original`):
 - instruction pairs: the record's own instruction/context/response, the response replaced by the
   accepted correction when annotators gave one, left out when they discarded it
   (`corrected_only`: only corrected records; `original`: corrections ignored), as SFT
-  `prompt`/`completion` strings or chat `messages` (`format`);
+  `prompt`/`completion` strings or chat `messages` (`format`); with `correction_pairs: true` instead
+  one `prompt, chosen, rejected` pair per record an annotator rewrote: (corrected ≻ original), for the
+  reward model;
 - comparisons: only records with submitted rankings, as `prompt, chosen, rejected` pairs from
   `pipelines.data.preferences.ranking_to_pairs` (`pair_rule`: all_pairs | best_vs_rest; ties never
   pair); an annotator's better response is ranked above every candidate.
@@ -19,8 +21,9 @@ Records with fewer than `min_submitted` submitted answers (default 0: unreviewed
 unified rating below `min_rating` are left out; disagreements follow `tie_rule` (see annotation.unify).
 
 Each export is a new version `<output_dir>/v<N>`: a saved HF dataset (`--dataset <dir>/v<N>` reads it),
-`<name>.jsonl`, `<name>.csv`, `report.json` (rule, counts, agreement, per-annotator counts) and
-`disagreements.jsonl`; `latest` points at it. It is written beside and renamed into place, so a
+`<name>.jsonl`, `<name>.csv`, `report.json` (rule, counts, agreement, per-annotator counts),
+`disagreements.jsonl` and a dataset card `README.md` (source, the rules in words, counts, agreement);
+`latest` points at it. It is written beside and renamed into place, so a
 failed export leaves nothing behind.
 """
 
@@ -96,6 +99,13 @@ class ExportConfig:
     min_rating: float | None = dataclasses.field(
         default=None, metadata={"help": "leave out records whose unified rating is below this (or unrated)"}
     )
+    correction_pairs: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "instruction records: one (corrected ≻ original) preference pair per record an annotator "
+            "rewrote (prompt, chosen = the correction, rejected = the original response) instead of SFT rows"
+        },
+    )
 
     def unify_config(self) -> UnifyConfig:
         return UnifyConfig(rating=self.rating, ranking=self.ranking, tie_rule=self.tie_rule)
@@ -123,9 +133,14 @@ def _left_out_reason(kind: str, item: Unified, config: ExportConfig) -> str | No
         return f"fewer than {config.min_submitted} submitted answers"
     if config.min_rating is not None and (item.rating is None or item.rating < config.min_rating):
         return f"rating below {config.min_rating:g} or unrated"
-    if kind == "instruction" and config.export_rule == "corrected_only" and not item.correction:
+    corrections_only = config.export_rule == "corrected_only" or config.correction_pairs
+    if kind == "instruction" and corrections_only and not _rewritten(item):
         return "no correction"
     return None
+
+
+def _rewritten(item: Unified) -> bool:
+    return bool(item.correction) and item.correction != item.record.fields.get(schemas.RESPONSE)
 
 
 def build_export(kind: str, records: Sequence[PulledRecord], config: ExportConfig) -> Export:
@@ -142,6 +157,11 @@ def build_export(kind: str, records: Sequence[PulledRecord], config: ExportConfi
         record, fields = item.record, item.record.fields
         if kind == "text":
             rows.append({"id": record.id, "text": fields[schemas.CONTENT]})
+        elif kind == "instruction" and config.correction_pairs:
+            prompt = _user_prompt(fields, PROMPT_ROLES)
+            rows.append(
+                {"id": record.id, "prompt": prompt, "chosen": item.correction, "rejected": fields[schemas.RESPONSE]}
+            )
         elif kind == "instruction":
             response = item.correction if use_corrections and item.correction else fields[schemas.RESPONSE]
             rows.append(_sft_row(record.id, fields, response, config.format))
@@ -187,6 +207,57 @@ def report(
 # ---------------------------------------------------------------------------- writing
 
 
+def dataset_card(name: str, summary: dict[str, Any]) -> str:
+    """The version's README.md: where its rows come from and by which rules, in words, with the counts."""
+    helps = {field.name: field.metadata["help"] for field in dataclasses.fields(ExportConfig)}
+    rules = [f"- `{key}: {json.dumps(value)}`: {helps.get(key, '')}" for key, value in summary["config"].items()]
+    left_out = [f"- {reason}: {count}" for reason, count in summary["left_out"].items()] or ["- none"]
+    agreement = [
+        f"| {question} | {fmt(figure['alpha'])} | {fmt(figure['pairwise_agreement'])} | {figure['units']} |"
+        for question, figure in summary["agreement"].items()
+    ]
+    annotators = [
+        f"| {user} | {counts['submitted']} | {counts['discarded']} | {counts['draft']} |"
+        for user, counts in summary["annotators"].items()
+    ]
+    return "\n".join(
+        [
+            f"# {name} ({summary.get('version', '')})",
+            "",
+            f"Exported by `python -m annotation export` from {summary['source']} (a {summary['kind']} dataset): "
+            f"{summary['rows']} rows from {summary['records']} records. Several annotators' answers are unified "
+            "into one per record first (annotation/unify.py); outcomes: "
+            + ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items())
+            + ".",
+            "",
+            "## Rules",
+            "",
+            *rules,
+            "",
+            "## Left out",
+            "",
+            *left_out,
+            "",
+            "## Agreement (Krippendorff's alpha per question)",
+            "",
+            "| question | alpha | pairwise agreement | records answered twice or more |",
+            "|---|---|---|---|",
+            *agreement,
+            "",
+            "## Annotators",
+            "",
+            "| user | submitted | discarded | draft |",
+            "|---|---|---|---|",
+            *annotators,
+            "",
+        ]
+    )
+
+
+def fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _csv_cell(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
 
@@ -225,6 +296,7 @@ def write_versioned(
             target = root / f"v{_next_version(root)}"
             summary = {**summary, "version": target.name}
             (staging / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            (staging / "README.md").write_text(dataset_card(name, summary), encoding="utf-8")
             try:
                 staging.rename(target)
                 break

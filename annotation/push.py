@@ -12,8 +12,16 @@ Parquet/text files, saved HF datasets, `scheme://` sources) and columns are mapp
   optional `context`;
 - comparison: a prompt column plus `chosen` + `rejected` (shown in an order fixed by the record id, so
   position says nothing), a `responses` list, or `response_1..response_N`; optional model scores
-  (`scores` list, `score_1..score_N`, or `chosen_score`/`rejected_score`) become metadata and a
-  ranking suggestion (highest score first).
+  (`scores` list, `score_1..score_N`, or `chosen_score`/`rejected_score`) become metadata.
+
+Judgements the data already carries stay judgements: chosen over rejected, a `ranks` list (1 = best,
+aligned with `responses`) or else the scores (highest first) become the ranking; `rating`,
+`corrected_response`/`correction` (instruction), `decision` (keep|discard) or a boolean `keep`, `quality`
+(text), `corrected_best`/`better_response` (comparison) answer their question. Each is stored as a
+suggestion whose agent names its source (`import: <--data>`, or `--agent`), so annotators see it
+pre-filled; with `--as-responses USER` also as USER's submitted answer (the user is created as an
+annotator of the workspace if missing), which `pull`/`export` unify like any annotator's. A record
+whose data lacks the kind's required question (ranking, rating, decision) gets the suggestion only.
 
 Every record carries an id: `--id_column` (default `id` when the data has one), else a hash of its
 content. Re-pushing the same ids updates those records instead of adding copies. The whole input is
@@ -29,6 +37,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -36,6 +45,7 @@ from tqdm.auto import tqdm
 from annotation import schemas
 from annotation.client import connect, dataset_exists, dataset_kind, find_dataset, record_total, split_address
 from annotation.create import create_dataset
+from annotation.users import add_users, default_credentials
 from pipelines.cli import CliParser, UserError, cli_entry
 from pipelines.data.formats import PROMPT_COLUMNS, detect_mapping, parse_columns
 from pipelines.data.sources import load_source
@@ -48,7 +58,17 @@ BATCH_SIZE = 500  # the server's RECORDS_BULK_UPSERT_MAX_ITEMS
 IN_FLIGHT = 2
 PLAIN = {"Accept-Encoding": "identity"}
 DEFAULT_MAX_CHARS = 100_000
-COMPARISON_ROLES = ("prompt", "chosen", "rejected", "responses", "scores", "chosen_score", "rejected_score")
+COMPARISON_ROLES = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "responses",
+    "ranks",
+    "scores",
+    "chosen_score",
+    "rejected_score",
+    schemas.BEST_CORRECTION,
+)
 SCALAR = (str, int, float, bool)
 
 
@@ -91,7 +111,7 @@ def _comparison_mapping(columns: Sequence[str], spec: str | None) -> dict[str, A
             mapping.update(chosen="chosen", rejected="rejected")
         elif len(numbered) >= 2:
             mapping["numbered"] = numbered
-    for role in ("scores", "chosen_score", "rejected_score"):
+    for role in ("ranks", "scores", "chosen_score", "rejected_score"):
         if role not in mapping and role in columns:
             mapping[role] = role
     if "numbered" in mapping and "scores" not in mapping:
@@ -104,7 +124,16 @@ def _comparison_mapping(columns: Sequence[str], spec: str | None) -> dict[str, A
 
 
 def column_mapping(kind: str, columns: Sequence[str], spec: str | None) -> dict[str, Any]:
-    """Which data column feeds which part of a record of `kind` (a `UserError` listing found vs expected)."""
+    """Which data column feeds which part of a record of `kind` (a `UserError` listing found vs expected);
+    `labels` maps each question the data answers to its column."""
+    mapping = _record_mapping(kind, columns, spec)
+    labels = {question: column for column, question in schemas.LABEL_COLUMNS[kind].items() if column in columns}
+    if schemas.BEST_CORRECTION in mapping:
+        labels[schemas.BEST_CORRECTION] = mapping.pop(schemas.BEST_CORRECTION)
+    return {**mapping, "labels": labels}
+
+
+def _record_mapping(kind: str, columns: Sequence[str], spec: str | None) -> dict[str, Any]:
     if kind == "comparison":
         return _comparison_mapping(columns, spec)
     if kind == "text" and not spec and "content" in columns and "text" not in columns:
@@ -151,11 +180,47 @@ def _ranks_by_score(scores: Sequence[float]) -> list[int]:
     return [levels.index(score) + 1 for score in scores]
 
 
+def _label(question: str, value: Any) -> Any:
+    """A label column's value as Argilla's answer to `question` (None: no answer in this row)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if question == schemas.DECISION:
+        word = str(value).strip().lower()
+        word = {"true": "keep", "false": "discard"}.get(word, word)  # a boolean `keep` column
+        if word not in schemas.DECISION_LABELS:
+            raise ValueError(f"has {question} {value!r} (keep or discard)")
+        return word
+    if question in (schemas.RATING, schemas.QUALITY):
+        if _whole_number(value) not in schemas.RATING_VALUES:
+            raise ValueError(f"has {question} {value!r} (an integer from 1 to 5)")
+        return _whole_number(value)
+    return _text(value)
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as an int if it is one (3, 3.0, "3"), else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and not isinstance(value, bool) else None
+
+
+def _ranking(names: Sequence[str], ranks: Sequence[Any]) -> list[dict[str, Any]]:
+    whole = [_whole_number(rank) for rank in ranks]
+    if len(ranks) != len(names) or any(rank not in range(1, len(names) + 1) for rank in whole):
+        raise ValueError(f"has ranks {list(ranks)!r} for {len(names)} responses (integers from 1 to {len(names)})")
+    return [{"value": name, "rank": rank} for name, rank in zip(names, whole, strict=True)]
+
+
 def _comparison_record(row: Mapping[str, Any], mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Fields, metadata and the judgement (question -> value, plus the ranking's scores) of one row."""
     metadata: dict[str, Any] = {}
+    ranks = None
     if "responses" in mapping:
         candidates = list(row[mapping["responses"]] or [])
         scores = list(row[mapping["scores"]]) if "scores" in mapping and row[mapping["scores"]] is not None else None
+        ranks = row[mapping["ranks"]] if "ranks" in mapping else None
     elif "numbered" in mapping:
         candidates = [row[c] for c in mapping["numbered"] if _text(row[c])]
         score_columns = mapping.get("numbered_scores") or mapping.get("scores")
@@ -167,34 +232,56 @@ def _comparison_record(row: Mapping[str, Any], mapping: Mapping[str, Any], key: 
         order = [1, 0] if flip else [0, 1]
         candidates = [pair[i] for i in order]
         scores = [pair_scores[i] for i in order] if None not in pair_scores else None
-        metadata["source_chosen"] = f"response_{order.index(0) + 1}"
+        ranks = [1 + i for i in order]  # chosen (index 0) ranks first
     if not 2 <= len(candidates) <= schemas.MAX_CANDIDATES:
         raise ValueError(f"has {len(candidates)} candidate responses (2 to {schemas.MAX_CANDIDATES} allowed)")
     names = schemas.candidate_names(len(candidates))
     fields = {"prompt": _text(row[mapping["prompt"]]), **{n: _text(c) for n, c in zip(names, candidates, strict=True)}}
-    suggestions = []
+    judgement: dict[str, Any] = {}
     if scores is not None:
         if len(scores) != len(candidates) or any(s is None for s in scores):
             raise ValueError(f"has {len(scores)} scores for {len(candidates)} responses")
-        metadata.update({f"score_{i}": float(s) for i, s in enumerate(scores, start=1)})
-        ranking = [{"value": n, "rank": r} for n, r in zip(names, _ranks_by_score(scores), strict=True)]
-        suggestions.append({"question_name": schemas.RANKING, "value": ranking, "agent": schemas.SCORE_AGENT})
-    return {"fields": fields, "metadata": metadata, "suggestions": suggestions}
+        scores = [float(s) for s in scores]
+        metadata.update({f"score_{i}": s for i, s in enumerate(scores, start=1)})
+        judgement[schemas.RANKING] = _ranking(names, _ranks_by_score(scores))
+    if ranks is not None:
+        judgement[schemas.RANKING] = _ranking(names, list(ranks))
+    return {"fields": fields, "metadata": metadata, "judgement": judgement, "scores": scores}
 
 
 def _record(kind: str, row: Mapping[str, Any], mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
     if kind == "comparison":
-        return _comparison_record(row, mapping, key)
-    if kind == "text":
-        return {"fields": {schemas.CONTENT: _text(row[mapping["text"]])}, "metadata": {}, "suggestions": []}
-    fields = {name: _text(row[column]) for name, column in mapping.items() if column}
-    return {"fields": fields, "metadata": {}, "suggestions": []}
+        record = _comparison_record(row, mapping, key)
+    elif kind == "text":
+        record = {"fields": {schemas.CONTENT: _text(row[mapping["text"]])}, "metadata": {}, "judgement": {}}
+    else:
+        fields = {name: _text(row[mapping[name]]) for name in ("instruction", "context", "response") if mapping[name]}
+        record = {"fields": fields, "metadata": {}, "judgement": {}}
+    for question, column in mapping["labels"].items():
+        value = _label(question, row[column])
+        if value is not None:
+            record["judgement"][question] = value
+    return record
+
+
+def _suggestions(record: Mapping[str, Any], agent: str) -> list[dict[str, Any]]:
+    """The row's judgement as suggestions by `agent` (a ranking carries the candidates' scores)."""
+    return [
+        {
+            "question_name": question,
+            "value": value,
+            "agent": agent,
+            **({"score": record["scores"]} if question == schemas.RANKING and record.get("scores") else {}),
+        }
+        for question, value in record["judgement"].items()
+    ]
 
 
 def _used_columns(mapping: Mapping[str, Any]) -> set[str]:
     used: set[str] = set()
     for value in mapping.values():
-        used.update(value if isinstance(value, list) else [value] if value else [])
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        used.update(v for v in values if v)
     return used
 
 
@@ -211,8 +298,10 @@ def build_records(
     columns: str | None = None,
     id_column: str | None = None,
     max_chars: int = DEFAULT_MAX_CHARS,
+    agent: str = "import: data",
 ) -> list[dict[str, Any]]:
-    """Argilla record payloads (`external_id`, `fields`, `metadata`, `suggestions` by question name).
+    """Argilla record payloads (`external_id`, `fields`, `metadata`, `suggestions` by question name, each
+    suggestion a judgement the row carries, by `agent`).
 
     Raises one `UserError` naming the first offending rows if anything would be refused or duplicated.
     """
@@ -222,11 +311,12 @@ def build_records(
         raise UserError(f"id column {id_column!r} not in the data ({', '.join(names)})")
     id_column = id_column or ("id" if "id" in names else None)
     used = sorted(_used_columns(mapping))
+    content = [c for c in used if c not in mapping["labels"].values()]  # a label changed later keeps the id
     extra = [c for c in names if c not in used and c != id_column]
     required = {"text": [schemas.CONTENT], "instruction": [schemas.INSTRUCTION, schemas.RESPONSE]}.get(kind, ["prompt"])
     records, problems, too_long = [], [], []
     for index, row in enumerate(_row_dicts(rows)):
-        key = str(row[id_column]) if id_column else _content_id({c: row[c] for c in used})
+        key = str(row[id_column]) if id_column else _content_id({c: row[c] for c in content})
         try:
             record = _record(kind, row, mapping, key)
         except (ValueError, TypeError) as err:
@@ -237,8 +327,12 @@ def build_records(
         if empty:
             problems.append(f"row {index + 1} has no {', '.join(empty)}")
             continue
-        record["fields"] = {name: value for name, value in fields.items() if value is not None}
-        record["external_id"] = key
+        record = {
+            "external_id": key,
+            "fields": {name: value for name, value in fields.items() if value is not None},
+            "metadata": record["metadata"],
+            "suggestions": _suggestions(record, agent),
+        }
         size = sum(len(value) for value in record["fields"].values())
         if size > max_chars:
             too_long.append(f"{record['external_id']} ({size:,})")
@@ -274,19 +368,36 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def send_records(
-    client: rg.Argilla, dataset: rg.Dataset, records: list[dict[str, Any]], batch_size: int = BATCH_SIZE
+    client: rg.Argilla,
+    dataset: rg.Dataset,
+    records: list[dict[str, Any]],
+    batch_size: int = BATCH_SIZE,
+    respond_as: str | None = None,
 ) -> tuple[int, int]:
-    """Upsert `records` by `external_id`; returns (created, updated), counted from the dataset's size."""
+    """Upsert `records` by `external_id`; returns (created, updated), counted from the dataset's size.
+
+    With `respond_as` (a user id), a record whose suggestions answer the kind's required question also
+    gets them as that user's submitted response (upserted too: a re-push updates it).
+    """
     question_ids = {question.name: str(question.id) for question in dataset.settings.questions}
+    required = schemas.REQUIRED[dataset_kind(dataset)]
     http = client.api.http_client
     url = f"/api/v1/datasets/{dataset.id}/records/bulk"
 
     def payload(record: dict[str, Any]) -> dict[str, Any]:
+        suggested = record["suggestions"]
         suggestions = [
-            {"question_id": question_ids[s["question_name"]], "value": s["value"], "agent": s["agent"], "type": "model"}
-            for s in record["suggestions"]
+            {"question_id": question_ids[s["question_name"]], "type": "model"}
+            | {key: s[key] for key in ("value", "agent", "score") if key in s}
+            for s in suggested
         ]
-        return {**record, "suggestions": suggestions}
+        answered = {s["question_name"]: {"value": s["value"]} for s in suggested}
+        responses = (
+            [{"user_id": respond_as, "values": answered, "status": "submitted"}]
+            if respond_as and required in answered
+            else []
+        )
+        return {**record, "suggestions": suggestions, **({"responses": responses} if responses else {})}
 
     def put(batch: Sequence[dict[str, Any]]) -> None:
         # The server answers with every record it stored; uncompressed, it spends no time packing what is unread.
@@ -323,13 +434,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_submitted", type=int, default=1, help="with --kind: answers wanted per record")
     parser.add_argument("--max_chars", type=int, default=DEFAULT_MAX_CHARS, help="largest record, in characters")
     parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"records per request (max {BATCH_SIZE})")
+    parser.add_argument("--agent", help="suggestions' agent for the data's judgements (default: import: <--data>)")
+    parser.add_argument(
+        "--as-responses",
+        dest="as_responses",
+        metavar="USER",
+        help="also store the data's judgements as USER's submitted answers (USER made an annotator if missing)",
+    )
+    parser.add_argument("--credentials", type=Path, help="with --as-responses: 0600 file for a new USER's password")
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= BATCH_SIZE:
         raise UserError(f"--batch_size must be between 1 and {BATCH_SIZE}")
     split_address(args.dataset)
     # With --kind the data is checked before any server is needed; without, the dataset says its kind.
+    agent = schemas.agent_name(args.agent) if args.agent else schemas.import_agent(args.data)
     records = (
-        build_records(load_rows(args.data), args.kind, args.columns, args.id_column, args.max_chars)
+        build_records(load_rows(args.data), args.kind, args.columns, args.id_column, args.max_chars, agent)
         if args.kind
         else None
     )
@@ -339,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind and args.kind != kind:
         raise UserError(f"{args.dataset} is a dataset of kind {kind}, not {args.kind}")
     if records is None:
-        records = build_records(load_rows(args.data), kind, args.columns, args.id_column, args.max_chars)
+        records = build_records(load_rows(args.data), kind, args.columns, args.id_column, args.max_chars, agent)
     if kind == "comparison" and dataset is not None:
         have = sum(field.name.startswith("response_") for field in dataset.settings.fields)
         if candidate_count(records) > have:
@@ -348,6 +468,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     if dataset is None:
         dataset = create_dataset(client, args.dataset, kind, candidate_count(records), args.min_submitted)
-    created, updated = send_records(client, dataset, records, args.batch_size)
-    print(json.dumps({"dataset": args.dataset, "kind": kind, "created": created, "updated": updated}))
+    respond_as = None
+    if args.as_responses:
+        workspace, _ = split_address(args.dataset)
+        add_users(workspace, [args.as_responses], "annotator", args.credentials or default_credentials())
+        respond_as = str(client.users(args.as_responses).id)
+    created, updated = send_records(client, dataset, records, args.batch_size, respond_as)
+    required = schemas.REQUIRED[kind]
+    judged = sum(any(s["question_name"] == required for s in r["suggestions"]) for r in records)
+    summary = {"dataset": args.dataset, "kind": kind, "created": created, "updated": updated}
+    summary |= {"judgements": sum(bool(r["suggestions"]) for r in records), "agent": agent}
+    if respond_as:
+        summary["responses"] = {args.as_responses: judged}
+    print(json.dumps(summary))
     return 0

@@ -1,19 +1,23 @@
 """The three kinds of Argilla dataset that feed the three stages, declared as data with their guidelines.
 
 - `text` (pretraining text -> continued pretraining): field `content`; annotators keep or discard it and
-  rate its quality.
+  may rate its quality.
 - `instruction` (instruction pairs -> SFT): fields `instruction`, `context` (optional), `response`;
   annotators rate the response and may rewrite it.
 - `comparison` (comparisons -> reward model): field `prompt` and candidates `response_1..response_N`;
   annotators rank the candidates (ties allowed) and may write a better response than the best one.
 
-Question and field names are the contract between push, unify and export: they live here only.
+Question and field names are the contract between push, unify and export: they live here only, with the
+columns of pushed data that carry a judgement (`LABEL_COLUMNS`) and the agent names of suggestions.
+Each kind has one required question (`REQUIRED`: Argilla publishes no dataset without one, and a
+submitted answer must fill it); the others may stay empty.
 The SDK's settings objects need a connected client, so `settings_for` is called after connecting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,7 +40,19 @@ CORRECTION = "corrected_response"
 PROMPT = "prompt"
 RANKING = "ranking"
 BEST_CORRECTION = "corrected_best"
-SCORE_AGENT = "model score"
+
+REQUIRED = {"text": DECISION, "instruction": RATING, "comparison": RANKING}
+RATING_VALUES = (1, 2, 3, 4, 5)
+# Pushed data's columns that carry a judgement: column -> the question it answers. A comparison's ranking
+# comes from its candidate columns instead: chosen over rejected, a `ranks` list, or `scores` (highest first).
+LABEL_COLUMNS = {
+    "text": {DECISION: DECISION, "keep": DECISION, QUALITY: QUALITY},
+    "instruction": {RATING: RATING, CORRECTION: CORRECTION, "correction": CORRECTION},
+    "comparison": {BEST_CORRECTION: BEST_CORRECTION, "better_response": BEST_CORRECTION},
+}
+# Suggestion agents: Argilla allows letters, digits, spaces and - _ : . / in at most 200 characters.
+AGENT_MAX_LENGTH = 200
+_AGENT_ALLOWED = re.compile(r"[^A-Za-z0-9 _:./-]")
 
 GUIDELINES = {
     "text": """\
@@ -47,7 +63,7 @@ Each record is a passage that may be used for continued pretraining.
 - **Keep** readable, informative text in the expected language and domain.
 - **Discard** boilerplate (menus, cookie banners, navigation), spam, machine-generated noise,
   truncated fragments, personal data, or harmful content.
-- **Quality** (1-5): 1 = unusable, 3 = acceptable, 5 = excellent writing a model should imitate.
+- **Quality** (1-5, optional): 1 = unusable, 3 = acceptable, 5 = excellent writing a model should imitate.
 
 Use the *Discard* button only for records you cannot judge at all (wrong language, empty).
 """,
@@ -60,7 +76,8 @@ Each record is an instruction (with optional context) and a response a model sho
   would answer.
 - **Corrected response**: if the response is wrong or can be improved, write the response you would
   want the model to give. Leave it empty when the response is fine as it is: the original is kept.
-- Use the *Discard* button when the instruction itself is unusable; discarded records are not trained on.
+- - Use the *Discard* button when the instruction itself is unusable; discarded records are not trained on.
+- A rating or correction already filled in is a suggestion (its agent names where it comes from): check it.
 """,
     "comparison": """\
 ## Comparisons: rank the responses
@@ -71,7 +88,8 @@ Each record is a prompt and several candidate responses.
   cannot prefer one (tied responses are never used as a training pair).
 - **Better response** (optional): if every candidate is flawed, write a response better than the one
   you ranked first; it is then preferred to all of them.
-- Model scores, when shown, are hints: rank by your own judgement.
+- A ranking already filled in is a suggestion: its agent says whose (`reward-model: ...` for the loop's
+  reward model, with its scores; `import: ...` for imported judgements). Rank by your own judgement.
 """,
 }
 
@@ -96,6 +114,16 @@ EXPECTED_COLUMNS = {
         ("scores",),
     ),
 }
+
+
+def agent_name(text: str) -> str:
+    """`text` as a suggestion agent: characters Argilla refuses become '-', long names keep their end."""
+    return _AGENT_ALLOWED.sub("-", text)[-AGENT_MAX_LENGTH:].strip() or "unknown"
+
+
+def import_agent(source: str) -> str:
+    """The agent of judgements imported by `annotation push` from `source` (a file or dataset spec)."""
+    return agent_name(f"import: {source}")
 
 
 def candidate_names(count: int) -> list[str]:
@@ -129,7 +157,12 @@ def settings_for(kind: str, candidates: int = 2, min_submitted: int = 1) -> rg.S
             fields=[rg.TextField(name=CONTENT, title="Text", use_markdown=False)],
             questions=[
                 rg.LabelQuestion(name=DECISION, title="Keep this text for training?", labels=DECISION_LABELS),
-                rg.RatingQuestion(name=QUALITY, title="Quality (1 = unusable, 5 = excellent)", values=[1, 2, 3, 4, 5]),
+                rg.RatingQuestion(
+                    name=QUALITY,
+                    title="Quality (1 = unusable, 5 = excellent; optional)",
+                    values=list(RATING_VALUES),
+                    required=False,
+                ),
             ],
             metadata=[rg.TermsMetadataProperty(name=name) for name in TEXT_METADATA],
             **common,
@@ -142,7 +175,7 @@ def settings_for(kind: str, candidates: int = 2, min_submitted: int = 1) -> rg.S
                 rg.TextField(name=RESPONSE, title="Response"),
             ],
             questions=[
-                rg.RatingQuestion(name=RATING, title="How good is the response? (1-5)", values=[1, 2, 3, 4, 5]),
+                rg.RatingQuestion(name=RATING, title="How good is the response? (1-5)", values=list(RATING_VALUES)),
                 rg.TextQuestion(
                     name=CORRECTION,
                     title="Corrected response (leave empty if the response is fine)",

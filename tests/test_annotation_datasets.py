@@ -5,6 +5,7 @@ errors for bad input (most of them need no server: the data is checked before an
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -86,7 +87,7 @@ def test_ids_are_stable_content_hashes_when_the_data_has_none() -> None:
     assert first[0]["fields"] == {"content": "alpha"} and first[0]["metadata"] == {"source": "web"}
 
 
-def test_pairs_are_shown_in_an_order_the_id_fixes_and_scores_become_a_suggestion() -> None:
+def test_pairs_are_shown_in_an_order_the_id_fixes_and_the_judgement_becomes_a_suggestion() -> None:
     rows = Dataset.from_list(
         [
             {
@@ -100,16 +101,55 @@ def test_pairs_are_shown_in_an_order_the_id_fixes_and_scores_become_a_suggestion
             for i in range(16)
         ]
     )
-    records = build_records(rows, "comparison")
-    positions = {r["metadata"]["source_chosen"] for r in records}
-    assert positions == {"response_1", "response_2"}  # chosen is not always first
+    records = build_records(rows, "comparison", agent="import: pairs.jsonl")
+    shown_first = {record["fields"]["response_1"] for record in records}
+    assert shown_first == {"good", "bad"}  # chosen is not always first
     for record in records:
-        good = record["metadata"]["source_chosen"]
-        assert record["fields"][good] == "good"
-        assert record["metadata"][good.replace("response", "score")] == 2.0
-        ranks = {item["value"]: item["rank"] for item in record["suggestions"][0]["value"]}
+        [suggestion] = record["suggestions"]
+        good = next(name for name, text in record["fields"].items() if text == "good")
+        assert suggestion["agent"] == "import: pairs.jsonl" and "source_chosen" not in record["metadata"]
+        ranks = {item["value"]: item["rank"] for item in suggestion["value"]}
         assert ranks[good] == 1 and sorted(ranks.values()) == [1, 2]
-    assert build_records(rows, "comparison") == records  # deterministic
+        assert record["metadata"][good.replace("response", "score")] == 2.0
+        assert suggestion["score"] == [record["metadata"]["score_1"], record["metadata"]["score_2"]]
+    assert build_records(rows, "comparison", agent="import: pairs.jsonl") == records  # deterministic
+
+
+def test_labels_in_pushed_data_become_suggestions_of_their_questions() -> None:
+    def suggested(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+        [record] = build_records(Dataset.from_list([row]), kind, agent="import: x")
+        assert {s["agent"] for s in record["suggestions"]} <= {"import: x"}
+        return {s["question_name"]: s["value"] for s in record["suggestions"]}
+
+    assert suggested("text", {"text": "t", "keep": False, "quality": 2.0}) == {"decision": "discard", "quality": 2}
+    assert suggested("text", {"text": "t", "decision": "Keep"}) == {"decision": "keep"}
+    instruction = {"question": "q", "answer": "a", "rating": 4, "correction": "b"}
+    assert suggested("instruction", instruction) == {"rating": 4, "corrected_response": "b"}
+    ranked = {"prompt": "p", "responses": ["x", "y", "z"], "ranks": [2, 1, 2], "better_response": "w"}
+    assert suggested("comparison", ranked) == {
+        "ranking": [
+            {"value": "response_1", "rank": 2},
+            {"value": "response_2", "rank": 1},
+            {"value": "response_3", "rank": 2},
+        ],
+        "corrected_best": "w",
+    }
+    # a label changed later keeps the content-hash id: a re-push updates the record
+    first, again = (build_records(Dataset.from_list([{"text": "t", "quality": q}]), "text") for q in (2, 5))
+    assert first[0]["external_id"] == again[0]["external_id"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "row", "needle"),
+    [
+        ("text", {"text": "t", "decision": "maybe"}, "row 1 has decision 'maybe' (keep or discard)"),
+        ("instruction", {"question": "q", "answer": "a", "rating": 7}, "row 1 has rating 7 (an integer from 1 to 5)"),
+        ("comparison", {"prompt": "p", "responses": ["x", "y"], "ranks": [1, 3]}, "has ranks [1, 3] for 2 responses"),
+    ],
+)
+def test_bad_labels_are_refused_before_anything_is_sent(kind: str, row: dict[str, Any], needle: str) -> None:
+    with pytest.raises(UserError, match=re.escape(needle)):
+        build_records(Dataset.from_list([row]), kind)
 
 
 def test_ranked_lists_and_numbered_columns() -> None:
@@ -231,7 +271,7 @@ def test_push_twice_keeps_one_copy_of_each_record(cli, owner, ws: str, tmp_path:
 
 
 def test_a_webhook_gets_the_events_of_pushed_records(cli, owner, ws: str, tmp_path: Path) -> None:
-    """The server builds webhook events only when a webhook listens (annotation/server_app.py): this one does."""
+    """The server builds webhook events only when a webhook listens (annotation/server/patches.py): this one does."""
     received: list[dict[str, Any]] = []
 
     class Listener(BaseHTTPRequestHandler):
@@ -449,3 +489,99 @@ def test_two_annotators_submit_25_records_each_in_parallel(
     summary = json.loads(out)
     assert summary["annotators"] == {f"{ws}{n}": {"submitted": 25, "discarded": 0, "draft": 0} for n in (1, 2)}
     assert summary["agreement"]["rating"]["pairwise_agreement"] == 0.0  # ratings 1 vs 4 everywhere
+
+
+def exported_pairs(folder: Path, name: str) -> list[tuple[str, str, str, str]]:
+    rows = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+    return sorted((r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in rows)
+
+
+def test_pushed_pairs_stay_judgements_and_export_gives_them_back(
+    cli, owner, ws: str, tmp_path: Path, write_qa_jsonl
+) -> None:
+    pairs = [
+        {"id": f"x{i}", "prompt": f"question {i}", "chosen": f"right {i}", "rejected": f"wrong {i}"} for i in range(6)
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    importer, credentials = f"{ws}-import", tmp_path / "c.json"
+    argv = ("--kind", "comparison", "--data", data, "--as-responses", importer, "--credentials", credentials)
+    first = pushed(cli, f"{ws}/prefs", *argv)
+    assert first | {"created": 6} == {
+        "dataset": f"{ws}/prefs",
+        "kind": "comparison",
+        "created": 6,
+        "updated": 0,
+        "judgements": 6,
+        "agent": f"import: {data}",
+        "responses": {importer: 6},
+    }
+    assert pushed(cli, f"{ws}/prefs", *argv)["updated"] == 6  # a re-push updates records and answers: no copies
+    dataset = owner.datasets("prefs", workspace=ws)
+    listed = owner.api.http_client.get(
+        f"/api/v1/datasets/{dataset.id}/records", params={"include": ["suggestions", "responses"], "limit": 50}
+    ).json()["items"]
+    assert len(listed) == 6 and all(len(item["responses"]) == 1 for item in listed)
+    assert {s["agent"] for item in listed for s in item["suggestions"]} == {f"import: {data}"}
+
+    code, _, err = cli("export", f"{ws}/prefs", "--output_dir", tmp_path / "export")
+    assert code == 0, err
+    assert exported_pairs(tmp_path / "export" / "v1", "prefs") == sorted(tuple(p.values()) for p in pairs)
+    report = json.loads((tmp_path / "export" / "v1" / "report.json").read_text())
+    assert report["annotators"] == {importer: {"submitted": 6, "discarded": 0, "draft": 0}}  # like any annotator
+
+
+def test_argilla_source_query_options(cli, owner, ws: str, tmp_path: Path, write_qa_jsonl) -> None:
+    from pipelines.data.sources import load_source
+
+    credentials = tmp_path / "c.json"
+    ranked = [{"id": f"r{i}", "prompt": f"p{i}", "responses": [f"a{i}", f"b{i}", f"c{i}"]} for i in range(3)]
+    for user, ranks in (("first", [1, 2, 3]), ("second", [3, 2, 1])):  # two annotators, opposite rankings
+        data = write_jsonl(tmp_path / f"{user}.jsonl", [row | {"ranks": ranks} for row in ranked])
+        pushed(cli, f"{ws}/prefs", "--kind", "comparison", "--data", data, "--as-responses", f"{ws}{user}",
+               "--credentials", credentials)  # fmt: skip
+    with pytest.raises(UserError, match=rf"argilla://{ws}/prefs has no exportable records yet"):
+        load_source(f"argilla://{ws}/prefs")  # every record is a 1-1 tie: aside
+    first = load_source(f"argilla://{ws}/prefs?tie_rule=first")
+    assert sorted((r["id"], r["chosen"], r["rejected"]) for r in first if r["id"] == "r0") == [
+        ("r0", "a0", "b0"),
+        ("r0", "a0", "c0"),
+        ("r0", "b0", "c0"),
+    ]  # the earlier answer (the first user's) wins a tie
+    best = load_source(f"argilla://{ws}/prefs?tie_rule=first&pair_rule=best_vs_rest")
+    assert len(first) == 9 and len(best) == 6
+    with pytest.raises(UserError, match=r"pair_rule: 'coin' is not one of all_pairs, best_vs_rest in argilla://"):
+        load_source(f"argilla://{ws}/prefs?pair_rule=coin")
+    with pytest.raises(UserError, match=r"unknown config key 'tie_rul' in argilla://.*did you mean 'tie_rule'"):
+        load_source(f"argilla://{ws}/prefs?tie_rul=first")
+
+    pushed(cli, f"{ws}/qa", "--kind", "instruction", "--data", write_qa_jsonl(tmp_path / "qa.jsonl", n=3))
+    messages = {row["id"]: row["messages"] for row in load_source(f"argilla://{ws}/qa?format=messages")}
+    assert messages["q1"] == [
+        {"role": "user", "content": "What is 1 plus 1?"},
+        {"role": "assistant", "content": "2"},
+    ]
+
+
+def test_reward_and_continued_pretraining_train_from_argilla(
+    cli, owner, ws: str, tmp_path: Path, run_cli_many, tiny_model
+) -> None:
+    pairs = [{"id": f"x{i}", "prompt": f"question {i}", "chosen": f"SELECT {i};", "rejected": "no"} for i in range(12)]
+    pushed(cli, f"{ws}/prefs", "--kind", "comparison", "--data", write_jsonl(tmp_path / "p.jsonl", pairs),
+           "--as-responses", f"{ws}-import", "--credentials", tmp_path / "c.json")  # fmt: skip
+    texts = [{"id": f"t{i}", "text": f"The shop sells item {i}. " * 8, "keep": i % 4 != 0} for i in range(12)]
+    pushed(cli, f"{ws}/corpus", "--kind", "text", "--data", write_jsonl(tmp_path / "t.jsonl", texts),
+           "--as-responses", f"{ws}-import", "--credentials", tmp_path / "c.json")  # fmt: skip
+    held_out = write_jsonl(tmp_path / "heldout.jsonl", pairs[:2])
+    reward, pretrain = run_cli_many(
+        ("pipelines.reward", "--config", "configs/reward/tiny.yaml", "--model_name_or_path", tiny_model,
+         "--dataset", f"argilla://{ws}/prefs", "--eval_dataset", held_out, "--max_steps", 2,
+         "--output_dir", tmp_path / "rm"),
+        ("pipelines.sft", "--config", "configs/sft/pretrain_tiny.yaml", "--model_name_or_path", tiny_model,
+         "--dataset", f"argilla://{ws}/corpus", "--eval_dataset", write_jsonl(tmp_path / "e.jsonl", texts[:2]),
+         "--packing", "false", "--max_steps", 2, "--output_dir", tmp_path / "cpt"),
+    )  # fmt: skip
+    assert reward.returncode == 0, reward.stderr[-3000:]
+    assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+    assert json.loads((tmp_path / "rm" / "summary.json").read_text())["data"]["train_pairs"] == 12
+    # 3 of the 12 texts were discarded by the imported keep/discard labels: 9 kept
+    assert json.loads((tmp_path / "cpt" / "summary.json").read_text())["data"]["train_examples"] == 9

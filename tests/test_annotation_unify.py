@@ -181,6 +181,19 @@ def test_instruction_export_rule() -> None:
     assert [r["id"] for r in rated.rows] == ["i1", "i5"]  # i2 has 2.0, i4 is unrated
 
 
+def test_corrections_become_corrected_over_original_pairs() -> None:
+    rewritten = instruction("i6", [answer("a", 12, rating=2, corrected_response="i6 fixed")], context="ctx")
+    same = instruction("i7", [answer("a", 13, rating=5, corrected_response="i7 as written")])  # not a rewrite
+    result = build_export("instruction", [*INSTRUCTIONS, rewritten, same], ExportConfig(correction_pairs=True))
+    assert result.rows == [
+        {"id": "i2", "prompt": "do i2", "chosen": "Fixed.", "rejected": "i2 as written"},
+        {"id": "i6", "prompt": "do i6\n\nContext:\nctx", "chosen": "i6 fixed", "rejected": "i6 as written"},
+    ]
+    assert result.left_out == {"no correction": 3, "discarded": 1, "disagreement": 1}  # i1, i4, i7
+    first = build_export("instruction", INSTRUCTIONS, ExportConfig(correction_pairs=True, tie_rule="first"))
+    assert [(r["id"], r["chosen"]) for r in first.rows] == [("i2", "Fixed."), ("i5", "X")]
+
+
 def test_messages_format_is_a_user_assistant_chat() -> None:
     rows = build_export("instruction", INSTRUCTIONS[:1], ExportConfig(format="messages")).rows
     assert rows[0]["messages"] == [
@@ -252,6 +265,11 @@ def test_versions_are_written_whole_and_latest_follows(tmp_path: Path) -> None:
     assert (second / "prefs.csv").read_text().splitlines()[0] == "id,prompt,chosen,rejected"
     saved = json.loads((second / "report.json").read_text())
     assert saved["version"] == "v2" and saved["agreement"]["ranking"]["alpha"] == pytest.approx(0.0625)
+    card = (second / "README.md").read_text()
+    assert card.startswith("# prefs (v2)\n") and "5 rows from 5 records" in card
+    assert '- `pair_rule: "all_pairs"`: comparisons: all_pairs | best_vs_rest (ties never pair)' in card
+    assert "- `correction_pairs: false`: instruction records: one (corrected ≻ original) preference pair" in card
+    assert "| ranking | 0.062 | 0.571 | 6 |" in card and "| c | 2 | 0 | 1 |" in card
     assert [json.loads(line)["id"] for line in (second / "disagreements.jsonl").read_text().splitlines()] == ["r3"]
     with pytest.raises(UserError, match="nothing to export"):
         write_versioned(tmp_path, "prefs", [], summary, [])
