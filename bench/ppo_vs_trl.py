@@ -201,7 +201,7 @@ def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> di
     load = loadavg()
     wall = run_child(cmd, tmp / "ours.log", "pipelines.ppo")
     summary = json.loads((out / "summary.json").read_text())
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = [row for row in read_jsonl(out / "metrics.jsonl") if "episodes_per_second" in row]
     seconds = [s["rollout_batch_size"] / row["episodes_per_second"] for row in metrics]
     return {
         "command": shlex.join(cmd),

@@ -12,3 +12,16 @@ def wrong_count(prompts: list[str], responses: list[str]) -> list[float]:
 
 def not_numbers(prompts: list[str], responses: list[str]) -> list[str]:
     return ["high" for _ in responses]
+
+
+def recorded_short_answers(prompts: list[str], responses: list[str]) -> list[float]:
+    """`short_answers`, and every call's responses appended as one JSON line to
+    `$PPO_RESPONSES_DIR/rank<RANK>.jsonl`: what each process sampled, call by call."""
+    import json
+    import os
+    from pathlib import Path
+
+    folder = Path(os.environ["PPO_RESPONSES_DIR"])
+    with (folder / f"rank{os.environ.get('RANK', '0')}.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(responses) + "\n")
+    return short_answers(prompts, responses)

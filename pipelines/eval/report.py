@@ -32,6 +32,7 @@ from typing import Any
 
 from pipelines.cli import UserError
 from pipelines.eval.curves import CURVES as PPO_CURVES
+from pipelines.eval.curves import HELD_OUT as PPO_HELD_OUT
 from pipelines.models import PROJECT_ROOT
 from pipelines.runner import METRICS_FILE, SUMMARY_FILE
 
@@ -47,7 +48,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy")),
     ("pairwise accuracy", ("accuracy", "eval_accuracy")),
     ("reward margin", ("margin", "eval_margin")),
-    *((title, (key,)) for key, title in PPO_CURVES),
+    *((title, (key,)) for key, title in (*PPO_CURVES, *PPO_HELD_OUT)),
     ("PPO losses", ("loss/policy", "loss/value")),
 )
 METRIC_LABELS = {
@@ -244,6 +245,8 @@ def _run_section(folder: Path, run_dir: Path) -> tuple[str, str]:
     if rows:
         parts.append(f"<h3>Training curves <span class='muted'>({_esc(METRICS_FILE)}, {len(rows)} records)</span></h3>")
         parts.append(_curves(rows, label))
+    if (folder / "ppo_curves.png").is_file():
+        parts.append("<h3>PPO curves</h3>" + _embed_png(folder / "ppo_curves.png", "PPO curves"))
     if (folder / "reward_eval.png").is_file():
         parts.append("<h3>Reward model on held-out pairs</h3>" + _embed_png(folder / "reward_eval.png", "reward eval"))
     if (folder / GENERATIONS_FILE).is_file():

@@ -26,10 +26,12 @@ from pipelines.cli import mask_passwords, release_output_dir
 from pipelines.data.formats import to_prompts
 from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
 from pipelines.eval.curves import plot_curves
+from pipelines.eval.verifiers import pick_verifier
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import load_reward
 from pipelines.ppo.trainer import PPOTrainer
 from pipelines.runner import (
+    METRICS_FILE,
     RunArguments,
     UserError,
     cli_entry,
@@ -38,8 +40,11 @@ from pipelines.runner import (
     load_tokenizer,
     lora_config,
     parse_config,
+    stage_defaults,
+    start_run,
+    write_run_files,
+    write_summary,
 )
-from pipelines.runner.run import METRICS_FILE, stage_defaults, start_run, write_run_files, write_summary
 
 
 def load_value_model(path: str, model_args: ModelConfig, config: PPOConfig, tokenizer: Any) -> Any:
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     train_rows, eval_rows = load_splits(data_args, config.seed)
     train_prompts = to_prompts(train_rows, data_args.columns, data_args.system_prompt)
     eval_prompts = to_prompts(eval_rows, data_args.columns, data_args.system_prompt)[: config.eval_prompts]
+    verifier = pick_verifier(config.eval_verifier, eval_rows.column_names, Path(config.eval_db))
     if not train_prompts:
         raise UserError(f"no prompts in {mask_passwords(str(data_args.dataset))}")
 
@@ -96,7 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     value_model = load_value_model(value_path, model_args, config, tokenizer)
 
-    trainer = PPOTrainer(config, policy, value_model, ref_policy, reward, tokenizer, train_prompts, eval_prompts)
+    trainer = PPOTrainer(
+        config,
+        policy,
+        value_model,
+        ref_policy,
+        reward,
+        tokenizer,
+        train_prompts,
+        eval_prompts,
+        [dict(row) for row in eval_rows.select(range(len(eval_prompts)))],
+        verifier,
+    )
     release_output_dir()
     summary = trainer.train(resume_from)
     trainer.save()

@@ -69,8 +69,12 @@ class PPOConfig(TrainingArguments):
     # KL control
     kl_coef: float = dataclasses.field(default=0.05, metadata={"help": "Initial KL penalty coefficient (beta)."})
     kl_estimator: KLEstimator = dataclasses.field(
-        default="k3",
-        metadata={"help": "k1 (log-ratio, can go negative) or k3 (never negative).", "choices": ["k1", "k3"]},
+        default="k1",
+        metadata={
+            "help": "KL estimate in the per-token penalty: k1 (log-ratio; its gradient is KL's) or k3 (never "
+            "negative, but near the reference its gradient vanishes). objective/kl logs k3 either way.",
+            "choices": ["k1", "k3"],
+        },
     )
     kl_target: float | None = dataclasses.field(
         default=None, metadata={"help": "Adaptive KL: steer beta so the KL per sequence approaches this value."}
@@ -88,7 +92,26 @@ class PPOConfig(TrainingArguments):
     vf_coef: float = dataclasses.field(default=0.1, metadata={"help": "Value loss weight."})
     # Evaluation and samples
     eval_prompts: int = dataclasses.field(
-        default=32, metadata={"help": "Held-out prompts scored before and after training (0: skip)."}
+        default=32, metadata={"help": "Held-out prompts answered greedily before and after training (0: skip)."}
+    )
+    eval_every: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "Also answer the held-out prompts every N updates (0: before and after only): the reward "
+            "score and the verifier's accuracy along training show when the learned reward stops tracking."
+        },
+    )
+    eval_verifier: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "Judge of the held-out answers besides the reward: auto (from the data's columns) | sql | "
+            "math | none.",
+            "choices": ["auto", "sql", "math", "none"],
+        },
+    )
+    eval_db: str = dataclasses.field(
+        default="data/textsql/shop.sqlite",
+        metadata={"help": "The database SQL answers run on, for eval_verifier sql/auto."},
     )
     sample_every: int = dataclasses.field(
         default=10, metadata={"help": "Write a few sample generations to samples.jsonl every N updates."}
@@ -110,3 +133,5 @@ class PPOConfig(TrainingArguments):
             raise ValueError("temperature must be > 0 (PPO samples its rollouts)")
         if self.max_steps <= 0:
             raise ValueError("set max_steps: the number of PPO updates")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")

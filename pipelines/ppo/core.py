@@ -21,29 +21,52 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def masked_sums(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[count, sum, sum of squares] over the masked entries: what processes add up to whiten together."""
+    masked = values * mask
+    return torch.stack([mask.sum(), masked.sum(), (masked * values).sum()]).double()
+
+
+def moments_from_sums(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased variance) from `masked_sums` (Bessel's correction, as in the N+ details)."""
+    count, total, squares = sums.unbind()
+    mean = total / count.clamp(min=1)
+    variance = (squares - count * mean**2).clamp(min=0) / (count - 1).clamp(min=1)
+    return mean.float(), variance.float()
+
+
 def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance over the masked entries (Bessel's correction, as in the N+ details)."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
-    variance = masked_mean((values - mean) ** 2, mask)
-    return variance * count / (count - 1).clamp(min=1)
+    """Unbiased variance over the masked entries."""
+    return moments_from_sums(masked_sums(values, mask))[1]
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise to unit variance over masked entries; advantages are also centred, rewards are not."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Normalise to unit variance over masked entries; advantages are also centred, rewards are not.
+
+    `moments` (mean, variance) default to this tensor's own; the trainer passes those of every
+    process's rollouts, so all ranks whiten alike (as one process with the whole batch would).
+    """
+    mean, variance = moments if moments is not None else moments_from_sums(masked_sums(values, mask))
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from samples of the policy.
 
-    k1 = log p - log q is unbiased but negative on many tokens (the "negative KL" users of the
-    peers report on short runs); k3 = (r - 1) - log r with r = q/p is unbiased and never negative
-    (Schulman, "Approximating KL divergence", 2020).
+    k1 = log p - log q is unbiased but negative on many tokens; k3 = (r - 1) - log r with r = q/p is
+    unbiased and never negative (Schulman, "Approximating KL divergence", 2020). As a per-token
+    *reward* k1 is the right one: its expected gradient is that of KL(policy || reference), while k3's
+    is close to zero near the reference, so a k3 penalty barely holds the policy back. k3 is the better
+    *measurement* (lower variance, never negative): the trainer logs it and steers the adaptive
+    coefficient with it.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -88,15 +111,33 @@ def gae_advantages(
     return advantages, advantages + values
 
 
+def token_average(values: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | float | None) -> torch.Tensor:
+    """Sum over masked tokens divided by `tokens` (default: their own count).
+
+    With gradient accumulation the trainer passes the whole mini-batch's token count, so micro-batches
+    add up to the mini-batch's token mean however the rows were split (short answers grouped together
+    would otherwise weigh more).
+    """
+    if tokens is None:
+        return masked_mean(values, mask)
+    return (values * mask).sum() / tokens
+
+
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (PPO eq. 7), as a loss to minimise, with its diagnostics."""
+    """Clipped surrogate objective (PPO eq. 7), as a loss to minimise (`token_average` over `tokens`),
+    with its diagnostics (means over this micro-batch)."""
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = token_average(torch.maximum(unclipped, clipped), mask, tokens)
     stats = {
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),
         "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
@@ -106,13 +147,19 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old ± clip) - R)^2) (N+ details, #12)."""
+    """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old ± clip) - R)^2) (N+ details, #12),
+    a `token_average` over `tokens`."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    loss = 0.5 * token_average(torch.maximum(unclipped_error, clipped_error), mask, tokens)
     return loss, {"clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask)}
 
 

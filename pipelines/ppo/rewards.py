@@ -20,19 +20,20 @@ from trl import ModelConfig
 
 from pipelines.cli import UserError
 from pipelines.models import resolve_model
-from pipelines.runner import forward_sharing_prefix, load_scalar_model, score_conversations, shared_prefix_length
-
-Messages = list[dict[str, str]]
+from pipelines.ppo.rollout import Rollout
+from pipelines.runner import (
+    forward_sharing_prefix,
+    load_scalar_model,
+    render_prompts,
+    score_conversations,
+    shared_prefix_length,
+)
 
 
 class RewardSource(Protocol):
-    def __call__(
-        self,
-        prompts: Sequence[Messages],
-        responses: Sequence[str],
-        sequence_ids: torch.Tensor,
-        sequence_mask: torch.Tensor,
-    ) -> torch.Tensor: ...
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        """One score per response of the rollout."""
+        ...
 
 
 def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
@@ -40,8 +41,10 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
 
 
 class TokenRewardModel:
-    """(a): the reward model reads the rollout's tokens; the chat template's text after eos is appended.
-    With `share_prefix`, the tokens all sequences start with go through the model once."""
+    """(a): the reward model reads the rollout's tokens; after a response that ended with eos, the chat
+    template's text after eos is appended, as in a rendered conversation; a truncated response is read
+    as it is (no end), as its rendered text would be. With `share_prefix`, the tokens all sequences
+    start with go through the model once."""
 
     def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, share_prefix: bool = True) -> None:
         self.model = model.eval()
@@ -54,16 +57,11 @@ class TokenRewardModel:
         self.eos_id = tokenizer.eos_token_id
 
     @torch.inference_mode()
-    def __call__(
-        self,
-        prompts: Sequence[Messages],
-        responses: Sequence[str],
-        sequence_ids: torch.Tensor,
-        sequence_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        ids, mask = sequence_ids, sequence_mask
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        ids, mask = rollout.sequence_ids, rollout.sequence_mask
         if self.suffix:
-            ended = (ids == self.eos_id).any(1, keepdim=True) & (mask.sum(1, keepdim=True) > 0)
+            # the response's own eos only: the chat-template prompt holds eos tokens of its own
+            ended = ((rollout.response_ids == self.eos_id) & rollout.response_mask.bool()).any(1, keepdim=True)
             suffix = torch.tensor(self.suffix, device=ids.device).expand(len(ids), -1)
             ids = torch.cat([ids, torch.where(ended, suffix, self.pad_id)], 1)
             mask = torch.cat([mask, ended.long().expand(-1, len(self.suffix))], 1)
@@ -76,21 +74,21 @@ class TokenRewardModel:
 
 
 class TextRewardModel:
-    """(b): a classifier with its own tokenizer reads the decoded text."""
+    """(b): a classifier with its own tokenizer reads the decoded text; with a chat template, a finished
+    response as a whole conversation, a truncated one as the prompt followed by the unfinished text."""
 
     def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32) -> None:
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
 
     @torch.inference_mode()
-    def __call__(
-        self,
-        prompts: Sequence[Messages],
-        responses: Sequence[str],
-        sequence_ids: torch.Tensor,
-        sequence_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        prompts, responses = rollout.prompts, rollout.texts
         if self.tokenizer.chat_template:
-            chats = [[*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses, strict=True)]
+            opened = render_prompts(self.tokenizer, prompts)
+            chats = [
+                [*p, {"role": "assistant", "content": r}] if done else start + r
+                for p, r, start, done in zip(prompts, responses, opened, rollout.ended.tolist(), strict=True)
+            ]
             values = score_conversations(self.model, self.tokenizer, chats, self.batch_size, desc=None)
             return torch.tensor(values)
         questions = [p[-1]["content"] for p in prompts]
@@ -104,14 +102,8 @@ class FunctionReward:
     def __init__(self, spec: str, function: Callable[[list[str], list[str]], Sequence[float]]) -> None:
         self.spec, self.function = spec, function
 
-    def __call__(
-        self,
-        prompts: Sequence[Messages],
-        responses: Sequence[str],
-        sequence_ids: torch.Tensor,
-        sequence_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        questions = [p[-1]["content"] for p in prompts]
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        questions, responses = [p[-1]["content"] for p in rollout.prompts], rollout.texts
         values = self.function(questions, list(responses))
         try:
             values = [float(v) for v in values]

@@ -1,18 +1,26 @@
 """The PPO loop on accelerate: rollout -> rewards with KL penalty -> GAE -> clipped updates.
 
 Each update maps to the equations in `core.py`; the tricks of "The N+ implementation details of
-RLHF with PPO" used here are named where they happen. Everything needed to continue a run
-(policy, value head, optimizer, scheduler, RNG, KL controller, score statistics, step) is saved
-in `checkpoint-N/`; the prompt order is a function of the step, so a resumed run sees the same
-prompts an uninterrupted one would, and the rollout drafter's recent answers are saved too, so it
-decodes exactly as the uninterrupted one.
+RLHF with PPO" used here are named where they happen. What makes N processes give what one process
+gives:
+
+- the learning-rate schedule steps once per update (it is not handed to `accelerator.prepare`, whose
+  wrapper would step it once per process);
+- every process samples with its own random stream (seed and rank), so two ranks never answer a
+  prompt alike, and saves that stream in checkpoints, so a resumed run samples what it would have;
+- losses are token means over the whole mini-batch, on every rank alike (the token count is summed
+  over processes), and advantages are whitened with every process's statistics.
+
+Everything needed to continue a run (policy, value head, optimizer, scheduler, RNG, KL controller,
+score statistics, step, each process's sampling stream and drafter) is saved in `checkpoint-N/`; the
+prompt order is a function of the step, so a resumed run sees the same prompts an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,26 +31,39 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
+from pipelines.eval.verifiers import Verifier
 from pipelines.ppo import core
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import RewardSource
 from pipelines.ppo.rollout import Rollout, forward, micro_batches, sample, token_values
-from pipelines.runner import Messages, NgramDrafter
-from pipelines.runner.run import METRICS_FILE, append_metrics
+from pipelines.runner import (
+    METRICS_FILE,
+    Messages,
+    NgramDrafter,
+    append_metrics,
+    checkpoint_dir,
+    complete_checkpoint,
+)
 
 STATE_FILE = "ppo_state.json"
-DRAFTER_FILE = "drafter_state_{rank}.json"
+ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
+# Parameters weight decay leaves alone, as the Trainer stages do (biases and norms).
+NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 class PolicyAndValue(torch.nn.Module):
     """One module so DDP/FSDP/DeepSpeed wrap, sync and checkpoint both with one optimizer."""
 
-    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module, share_prefix: bool) -> None:
+    def __init__(
+        self, policy: torch.nn.Module, value: torch.nn.Module, share_prefix: bool, pad_id: int, eos_id: int
+    ) -> None:
         super().__init__()
         self.policy, self.value, self.share_prefix = policy, value, share_prefix
+        self.pad_id, self.eos_id = pad_id, eos_id
 
     # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
     @property
@@ -55,6 +76,9 @@ class PolicyAndValue(torch.nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
+    def policy_forward(self, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward(self.policy, rollout, temperature, self.share_prefix, self.pad_id, self.eos_id)
+
     def forward(
         self,
         query_ids: torch.Tensor,
@@ -66,7 +90,7 @@ class PolicyAndValue(torch.nn.Module):
         """(response logits, log-probs of the response tokens, values); called through the DDP wrapper
         so gradients are synchronised."""
         rollout = Rollout([], query_ids, query_mask, response_ids, response_mask, [], torch.empty(0))
-        logits, logprobs = forward(self.policy, rollout, temperature, self.share_prefix)
+        logits, logprobs = self.policy_forward(rollout, temperature)
         return logits, logprobs, token_values(self.value, rollout, self.share_prefix)
 
 
@@ -89,6 +113,16 @@ class RunningMoments:
         return (values - self.mean) / math.sqrt(self.var + 1e-8)
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, weight decay on matrices only (not on biases and norms)."""
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY))
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for name, p in named if name in decay], "weight_decay": weight_decay},
+        {"params": [p for name, p in named if name not in decay], "weight_decay": 0.0},
+    ]
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -100,11 +134,15 @@ class PPOTrainer:
         tokenizer: PreTrainedTokenizerBase,
         train_prompts: Sequence[Messages],
         eval_prompts: Sequence[Messages],
+        eval_rows: Sequence[dict[str, Any]] = (),
+        verifier: Verifier | None = None,
     ) -> None:
         self.config, self.tokenizer, self.reward = config, tokenizer, reward
         self.train_prompts, self.eval_prompts = list(train_prompts), list(eval_prompts)
+        self.eval_rows, self.verifier = list(eval_rows)[: len(self.eval_prompts)], verifier
+        # No gradient_accumulation_steps here: `learn` accumulates itself, dividing by the mini-batch's
+        # token count (accelerate would divide each micro-batch's loss by the number of micro-batches).
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=config.use_cpu or not torch.cuda.is_available(),
             log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
             project_dir=config.output_dir,
@@ -112,17 +150,27 @@ class PPOTrainer:
         for model in (policy, value_model, ref_policy):
             if model is not None:
                 disable_dropout_in_model(model)  # N+ #5: dropout makes old and new log-probs disagree
-        self.model = PolicyAndValue(policy, value_model, config.share_prompt_prefix)
+        self.model = PolicyAndValue(
+            policy, value_model, config.share_prompt_prefix, tokenizer.pad_token_id, tokenizer.eos_token_id
+        )
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(config.gradient_checkpointing_kwargs)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         # The optimizer a Trainer stage would build from the same arguments (`optim`: fused AdamW by default).
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
-        optimizer = optimizer_cls(params, weight_decay=config.weight_decay, **optimizer_kwargs)
-        scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, config.max_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        optimizer = optimizer_cls(parameter_groups(self.model, config.weight_decay), **optimizer_kwargs)
+        # One scheduler step per update. Not through `prepare`: its wrapper steps the schedule once per
+        # process at every step, so N processes would run it N times too fast.
+        self.scheduler = get_scheduler(
+            config.lr_scheduler_type, optimizer, config.get_warmup_steps(config.max_steps), config.max_steps
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
         self.ref_policy = ref_policy.to(self.accelerator.device).eval() if ref_policy is not None else None
         self.drafter = NgramDrafter()  # n-grams of earlier rollouts draft the next ones' tokens
+        # Each process its own sampling stream: with one seed for all, a prompt two ranks both see would
+        # get the same answer on both (half the exploration for the same compute).
+        rank = self.accelerator.process_index
+        self.sampling = torch.Generator(device=self.accelerator.device).manual_seed(config.seed * 1000 + rank)
         self.kl_ctl = core.KLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.score_moments = RunningMoments()
         self.step = 0
@@ -153,32 +201,40 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        temperature, share = self.config.temperature, self.config.share_prompt_prefix
+        unwrapped, config = self._unwrapped(), self.config
         if self.ref_policy is not None:
-            return forward(self.ref_policy, rollout, temperature, share)[1]
-        with self._unwrapped().policy.disable_adapter():  # LoRA: the base weights are the reference
-            return forward(self._unwrapped().policy, rollout, temperature, share)[1]
+            args = (rollout, config.temperature, config.share_prompt_prefix, unwrapped.pad_id, unwrapped.eos_id)
+            return forward(self.ref_policy, *args)[1]
+        with unwrapped.policy.disable_adapter():  # LoRA: the base weights are the reference
+            return unwrapped.policy_forward(rollout, config.temperature)[1]
 
     def _score(self, rollout: Rollout) -> torch.Tensor:
-        return self.reward(rollout.prompts, rollout.texts, rollout.sequence_ids, rollout.sequence_mask).to(
-            self.accelerator.device
-        )
+        return self.reward(rollout).to(self.accelerator.device)
 
-    @torch.no_grad()
-    def make_experience(self, prompts: list[Messages]) -> dict[str, Any]:
-        config, share = self.config, self.config.share_prompt_prefix
+    def _sample(self, prompts: list[Messages], temperature: float | None) -> Rollout:
+        config = self.config
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            rollout = sample(
+            return sample(
                 unwrapped.policy,
                 self.tokenizer,
                 prompts,
                 config.max_new_tokens,
-                config.temperature,
+                temperature,
                 config.generation_batch_size,
                 config.stop_strings,
                 self.drafter,
                 config.draft_tokens,
+                self.sampling,
             )
+
+    def _global_moments(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance over every process's masked entries (one all-reduce)."""
+        return core.moments_from_sums(self.accelerator.reduce(core.masked_sums(values, mask), "sum"))
+
+    @torch.no_grad()
+    def make_experience(self, prompts: list[Messages]) -> dict[str, Any]:
+        config, share = self.config, self.config.share_prompt_prefix
+        rollout = self._sample(prompts, config.temperature)
         mask = rollout.response_mask.float()
         # The old log-probs are those the tokens were sampled with, as TRL takes them from generate's
         # scores: the decode loop's logits are the policy's at the same positions and temperature.
@@ -191,7 +247,7 @@ class PPOTrainer:
             part = rollout.select(index)
             width = part.response_ids.shape[1]
             if not from_sampling:
-                logprobs[index, :width] = forward(unwrapped.policy, part, config.temperature, share)[1]
+                logprobs[index, :width] = unwrapped.policy_forward(part, config.temperature)[1]
             ref_logprobs[index, :width] = self._reference_logprobs(part)
             values[index, :width] = token_values(unwrapped.value, part, share)
         raw_scores = self._score(rollout)
@@ -201,12 +257,12 @@ class PPOTrainer:
         if config.normalize_scores:
             self.score_moments.update(self.accelerator.gather(scores))
             scores = self.score_moments.normalize(scores)
-        kl = core.kl_estimate(logprobs, ref_logprobs, config.kl_estimator) * mask
-        rewards, non_score = core.token_rewards(scores, kl, self.kl_ctl.value, mask)
+        kl_penalised = core.kl_estimate(logprobs, ref_logprobs, config.kl_estimator) * mask
+        rewards, non_score = core.token_rewards(scores, kl_penalised, self.kl_ctl.value, mask)
         if config.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, moments=self._global_moments(rewards, mask))
         advantages, returns = core.gae_advantages(rewards, values, mask, config.gamma, config.lam)
-        advantages = core.masked_whiten(advantages, mask)
+        advantages = core.masked_whiten(advantages, mask, moments=self._global_moments(advantages, mask))
         return {
             "rollout": rollout,
             "logprobs": logprobs,
@@ -215,65 +271,76 @@ class PPOTrainer:
             "returns": returns,
             "mask": mask,
             "scores": raw_scores,
-            "kl": kl,
+            "kl_k1": core.kl_estimate(logprobs, ref_logprobs, "k1") * mask,
+            "kl_k3": core.kl_estimate(logprobs, ref_logprobs, "k3") * mask,
             "non_score": non_score,
         }
 
-    def learn(self, batch: dict[str, Any]) -> dict[str, list[float]]:
-        config, stats = (
-            self.config,
-            {
-                "pg_loss": [],
-                "vf_loss": [],
-                "pg_clipfrac": [],
-                "vf_clipfrac": [],
-                "approxkl": [],
-                "ratio": [],
-                "entropy": [],
-            },
-        )
+    def accumulate_gradients(self, batch: dict[str, Any], rows: torch.Tensor) -> dict[str, float]:
+        """The gradient of one mini-batch (`rows` of the rollout), accumulated over its micro-batches; the same
+        for any split into micro-batches. Returns its diagnostics, token-weighted over the mini-batch."""
+        config = self.config
+        mask = batch["mask"]
+        # Token count of this mini-batch on every process, summed: each rank divides its token losses by
+        # total / world, and DDP's mean over ranks makes that the token mean of the global mini-batch.
+        tokens = self.accelerator.reduce(mask[rows].sum(), "sum") / self.accelerator.num_processes
+        parts = micro_batches(batch["rollout"], rows, config.per_device_train_batch_size)
+        totals: dict[str, float] = {}
+        for number, index in enumerate(parts):
+            part = batch["rollout"].select(index)
+            width = part.response_ids.shape[1]
+            old = {key: batch[key][index, :width] for key in ("mask", "logprobs", "advantages", "values", "returns")}
+            micro_mask = old["mask"]
+            # gradients are averaged across processes at the mini-batch's last micro-batch only
+            last = number == len(parts) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                logits, logprobs, values = self.model(
+                    part.query_ids, part.query_mask, part.response_ids, part.response_mask, config.temperature
+                )
+                pg_loss, pg_stats = core.policy_loss(
+                    logprobs, old["logprobs"], old["advantages"], micro_mask, config.cliprange, tokens
+                )
+                vf_loss, vf_stats = core.value_loss(
+                    values, old["values"], old["returns"], micro_mask, config.cliprange_value, tokens
+                )
+                self.accelerator.backward(pg_loss + config.vf_coef * vf_loss)
+            with torch.no_grad():
+                weight = max(float(micro_mask.sum()), 1.0)  # the micro-batch's means count by its tokens
+                entropy = core.masked_mean(core.entropy_from_logits(logits), micro_mask)
+                for key, value in (
+                    ("loss/policy", pg_loss * tokens / weight),  # the losses are sums / tokens
+                    ("loss/value", vf_loss * tokens / weight),
+                    ("objective/entropy", entropy),
+                    ("policy/clipfrac", pg_stats["clipfrac"]),
+                    ("val/clipfrac", vf_stats["clipfrac"]),
+                    ("policy/approxkl", pg_stats["approxkl"]),
+                    ("val/ratio", pg_stats["ratio"]),
+                ):
+                    totals[key] = totals.get(key, 0.0) + float(value) * weight
+        local_tokens = float(mask[rows].sum().clamp(min=1))
+        return {key: value / local_tokens for key, value in totals.items()}
+
+    def learn_minibatch(self, batch: dict[str, Any], rows: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on one mini-batch."""
+        stats = self.accumulate_gradients(batch, rows)
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return stats
+
+    def learn(self, batch: dict[str, Any]) -> dict[str, float]:
+        """`ppo_epochs` passes over the rollout in shuffled mini-batches; the mean of their diagnostics."""
+        config = self.config
         size = len(batch["scores"])
-        micro = config.per_device_train_batch_size
-        minibatch = micro * config.gradient_accumulation_steps
+        minibatch = config.per_device_train_batch_size * config.gradient_accumulation_steps
         self.model.train()
+        stats: list[dict[str, float]] = []
         for _ in range(config.ppo_epochs):
             order = torch.randperm(size)
             for start in range(0, size, minibatch):
-                for index in micro_batches(batch["rollout"], order[start : start + minibatch], micro):
-                    part = batch["rollout"].select(index)
-                    width = part.response_ids.shape[1]
-                    keys = ("mask", "logprobs", "advantages", "values", "returns")
-                    old = {key: batch[key][index, :width] for key in keys}
-                    mask = old["mask"]
-                    with self.accelerator.accumulate(self.model):
-                        logits, logprobs, values = self.model(
-                            part.query_ids, part.query_mask, part.response_ids, part.response_mask, config.temperature
-                        )
-                        pg_loss, pg_stats = core.policy_loss(
-                            logprobs, old["logprobs"], old["advantages"], mask, config.cliprange
-                        )
-                        vf_loss, vf_stats = core.value_loss(
-                            values, old["values"], old["returns"], mask, config.cliprange_value
-                        )
-                        loss = pg_loss + config.vf_coef * vf_loss
-                        self.accelerator.backward(loss)
-                        if self.accelerator.sync_gradients and config.max_grad_norm:
-                            self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                    with torch.no_grad():
-                        entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
-                    for key, value in (
-                        ("pg_loss", pg_loss),
-                        ("vf_loss", vf_loss),
-                        ("entropy", entropy),
-                        ("pg_clipfrac", pg_stats["clipfrac"]),
-                        ("vf_clipfrac", vf_stats["clipfrac"]),
-                        ("approxkl", pg_stats["approxkl"]),
-                        ("ratio", pg_stats["ratio"]),
-                    ):
-                        stats[key].append(float(value))
-        return stats
+                stats.append(self.learn_minibatch(batch, order[start : start + minibatch]))
+        return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
 
     # -- metrics ---------------------------------------------------------------------------
     def _mean(self, value: torch.Tensor | float) -> float:
@@ -281,39 +348,37 @@ class PPOTrainer:
         tensor = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
         return self.accelerator.gather(tensor).mean().item()
 
-    def step_metrics(self, batch: dict[str, Any], stats: dict[str, list[float]], seconds: float) -> dict[str, float]:
+    def step_metrics(
+        self, batch: dict[str, Any], stats: dict[str, float], learning_rate: float, seconds: float
+    ) -> dict[str, float]:
         mask, rollout = batch["mask"], batch["rollout"]
         scores = self.accelerator.gather(batch["scores"])
-        kl_per_sequence = batch["kl"].sum(1)
         episodes = len(scores)
         return {
             "objective/scores": scores.mean().item(),
             "objective/scores_std": scores.std().item() if episodes > 1 else 0.0,
-            "objective/kl": self._mean(kl_per_sequence.mean()),
+            # k3, never negative: what the adaptive controller steers by
+            "objective/kl": self._mean(batch["kl_k3"].sum(1).mean()),
+            "objective/kl_k1": self._mean(batch["kl_k1"].sum(1).mean()),
             "objective/non_score_reward": self._mean(batch["non_score"].sum(1).mean()),
             "objective/rlhf_reward": self._mean((batch["scores"] + batch["non_score"].sum(1)).mean()),
-            "objective/entropy": self._mean(sum(stats["entropy"]) / len(stats["entropy"])),
-            "loss/policy": self._mean(sum(stats["pg_loss"]) / len(stats["pg_loss"])),
-            "loss/value": self._mean(sum(stats["vf_loss"]) / len(stats["vf_loss"])),
-            "policy/clipfrac": self._mean(sum(stats["pg_clipfrac"]) / len(stats["pg_clipfrac"])),
-            "policy/approxkl": self._mean(sum(stats["approxkl"]) / len(stats["approxkl"])),
-            "val/clipfrac": self._mean(sum(stats["vf_clipfrac"]) / len(stats["vf_clipfrac"])),
-            "val/ratio": self._mean(sum(stats["ratio"]) / len(stats["ratio"])),
+            **{key: self._mean(value) for key, value in stats.items()},
             "val/advantages_mean": self._mean(core.masked_mean(batch["advantages"], mask)),
             "response/length_mean": self._mean(mask.sum(1).mean()),
             "response/eos_rate": self._mean(rollout.ended.float().mean()),
             "kl_coef": self.kl_ctl.value,
-            "learning_rate": self.scheduler.get_last_lr()[0],
+            "learning_rate": learning_rate,
             "episodes": (self.step + 1) * episodes,
             "episodes_per_second": episodes / seconds,
         }
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        directory = self.output_dir / f"checkpoint-{self.step}"
+        directory = checkpoint_dir(self.output_dir, self.step)
         self.accelerator.save_state(str(directory))
-        drafter_file = directory / DRAFTER_FILE.format(rank=self.accelerator.process_index)
-        drafter_file.write_text(json.dumps(self.drafter.state_dict()))  # each process drafts from its own rollouts
+        # each process drafts from its own rollouts and samples from its own stream
+        rollout_state = {"drafter": self.drafter.state_dict(), "sampling": self.sampling.get_state()}
+        torch.save(rollout_state, directory / ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state = {
@@ -322,12 +387,7 @@ class PPOTrainer:
                 "score_moments": vars(self.score_moments),
             }
             (directory / STATE_FILE).write_text(json.dumps(state))
-            # written last: the runner takes a checkpoint with trainer_state.json as complete
-            (directory / "trainer_state.json").write_text(json.dumps({"global_step": self.step}))
-            checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            limit = self.config.save_total_limit
-            for old in checkpoints[:-limit] if limit else []:
-                shutil.rmtree(old, ignore_errors=True)
+        complete_checkpoint(self.output_dir, self.step, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, directory: str) -> None:
@@ -336,34 +396,33 @@ class PPOTrainer:
         self.step = int(state["global_step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         vars(self.score_moments).update(state["score_moments"])
-        drafter_file = Path(directory) / DRAFTER_FILE.format(rank=self.accelerator.process_index)
-        if drafter_file.is_file():
-            self.drafter.load_state_dict(json.loads(drafter_file.read_text()))
+        rollout_file = Path(directory) / ROLLOUT_STATE_FILE.format(rank=self.accelerator.process_index)
+        rollout_state = torch.load(rollout_file, weights_only=False)
+        self.drafter.load_state_dict(rollout_state["drafter"])
+        self.sampling.set_state(rollout_state["sampling"])
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy responses to the held-out prompts: mean score, length and end-of-sequence rate."""
+        """Greedy responses to the held-out prompts: mean reward score, length, end-of-sequence rate and,
+        with a verifier, the share it judges right (what the learned score should track)."""
         if not self.eval_prompts:
             return {}
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            rollout = sample(
-                unwrapped.policy,
-                self.tokenizer,
-                self.eval_prompts,
-                self.config.max_new_tokens,
-                None,
-                self.config.generation_batch_size,
-                self.config.stop_strings,
-                self.drafter,
-                self.config.draft_tokens,
-            )
+        rollout = self._sample(self.eval_prompts, None)
         scores = self._score(rollout)
-        return {
+        result = {
             "score_mean": scores.mean().item(),
             "length_mean": rollout.response_mask.sum(1).float().mean().item(),
             "eos_rate": rollout.ended.float().mean().item(),
         }
+        if self.verifier is not None and self.eval_rows:
+            report = self.verifier.evaluate(self.eval_rows, rollout.texts, (~rollout.ended).tolist())
+            result["verifier_accuracy"] = float(report[self.verifier.metric])
+        return result
+
+    def _log_eval(self, metrics_path: Path, figures: dict[str, float]) -> None:
+        if figures and self.accelerator.is_main_process:
+            append_metrics(metrics_path, {"step": self.step, **{f"eval/{k}": v for k, v in figures.items()}})
 
     # -- the loop --------------------------------------------------------------------------
     def train(self, resume_from: str | None = None) -> dict[str, Any]:
@@ -372,8 +431,10 @@ class PPOTrainer:
             self.load_checkpoint(resume_from)
         else:
             set_seed(config.seed)
-        summary: dict[str, Any] = {"eval_before": self.evaluate() if not resume_from else None}
         metrics_path = self.output_dir / METRICS_FILE
+        summary: dict[str, Any] = {"eval_before": self.evaluate() if not resume_from else None}
+        if summary["eval_before"]:
+            self._log_eval(metrics_path, summary["eval_before"])
         start = time.perf_counter()
         with tqdm(
             total=config.max_steps,
@@ -385,15 +446,18 @@ class PPOTrainer:
             while self.step < config.max_steps:
                 tick = time.perf_counter()
                 batch = self.make_experience(self.prompts_for_step(self.step))
+                learning_rate = self.scheduler.get_last_lr()[0]  # the rate this update trains at
                 stats = self.learn(batch)
                 self.scheduler.step()
-                metrics = self.step_metrics(batch, stats, time.perf_counter() - tick)
+                metrics = self.step_metrics(batch, stats, learning_rate, time.perf_counter() - tick)
                 self.kl_ctl.update(metrics["objective/kl"], config.rollout_batch_size * self.accelerator.num_processes)
                 self.step += 1
                 if self.step % config.logging_steps == 0 or self.step == config.max_steps:
                     if self.accelerator.is_main_process:
                         append_metrics(metrics_path, {"step": self.step, **metrics})
                     self.accelerator.log(metrics, step=self.step)
+                if config.eval_every and self.step % config.eval_every == 0 and self.step < config.max_steps:
+                    self._log_eval(metrics_path, self.evaluate())
                 if config.sample_every and self.step % config.sample_every == 0 and self.accelerator.is_main_process:
                     self._write_samples(batch)
                 if config.save_strategy != "no" and self.step % config.save_steps == 0:
@@ -402,6 +466,7 @@ class PPOTrainer:
                 bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
         summary["train_runtime"] = time.perf_counter() - start
         summary["eval_after"] = self.evaluate()
+        self._log_eval(metrics_path, summary["eval_after"])
         return summary
 
     def _write_samples(self, batch: dict[str, Any], count: int = 4) -> None:

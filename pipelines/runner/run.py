@@ -61,6 +61,25 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / f"checkpoint-{step}"
+
+
+def complete_checkpoint(output_dir: Path, step: int, save_total_limit: int | None) -> None:
+    """Mark `checkpoint-<step>` complete and prune the oldest beyond `save_total_limit` (main process).
+
+    For loops of the project's own (PPO); Trainer-based stages get the same from the Trainer: the
+    marker `trainer_state.json` is written last, so `latest_checkpoint` never resumes from a torn one.
+    """
+    if not PartialState().is_main_process:
+        return
+    (checkpoint_dir(output_dir, step) / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    numbered.sort(key=lambda p: int(p.name.split("-")[-1]))
+    for old in numbered[:-save_total_limit] if save_total_limit else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _truncate_metrics(path: Path, after_step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from: those steps run again."""
     if not path.is_file():
