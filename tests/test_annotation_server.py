@@ -337,13 +337,18 @@ def test_text_search_and_metadata_filters_through_the_sdk(argilla_server, client
     assert texts(both) == ["A dog chased the cat", "The cat sat on the mat"]
 
 
-@pytest.mark.slow
 def test_argilla_servers_own_search_engine_tests_pass() -> None:
-    """`python -m annotation.conformance` (downloads the argilla-server sdist on first use)."""
+    """`python -m annotation.server.conformance`: argilla-server 2.8.0's 120 search-engine tests against the
+    project's engine, on its own throwaway SQLite database (the sdist is downloaded on first use; ~35 s). The 29
+    skipped ones assert Elasticsearch internals (index mappings, document layout), each named with its reason."""
     done = subprocess.run(
-        cli_command("annotation.conformance"), cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=900
+        cli_command("annotation.server.conformance"),
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     summary = [line for line in done.stdout.splitlines() if line.startswith("conformance: ")]
     assert done.returncode == 0 and summary, done.stdout[-3000:] + done.stderr[-3000:]
-    passed, total = map(int, summary[0].split()[1].split("/"))
-    assert passed >= 91 and total == 120 and " 0 failed" in summary[0], summary[0]
+    assert summary[0] == "conformance: 91/120 passed, 0 failed, 29 skipped", summary[0]

@@ -1,7 +1,10 @@
 """What the launcher (annotation/server/launcher.py) runs inside the Argilla server's own venv.
 
-    python -m annotation.server.app serve --host 127.0.0.1 --port 6900 < owner.json
+    python -m annotation.server.app serve --host 127.0.0.1 --port 6900 --processes 2 < owner.json
     python -m annotation.server.app worker
+
+(The launcher starts them as `python -c "from annotation.server.app import main; main()" ...`: with
+several processes, uvicorn's children are fresh interpreters, and those of a `-m` main module died.)
 
 `serve` first brings the database up to date (Argilla's migrations, the engine's text index, the
 owner whose API key and password it reads as JSON on stdin, never from the command line), then serves
@@ -25,6 +28,7 @@ import asyncio
 import gc
 import json
 import sys
+from typing import Any
 
 from annotation.server import patches, search_engine
 
@@ -85,15 +89,32 @@ def collect_garbage_less() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def serve(host: str, port: int, owner: dict) -> None:
+def serve(host: str, port: int, owner: dict, processes: int) -> None:
+    """Migrate, then serve with `processes` server processes (uvicorn's workers, each a fresh interpreter that
+    imports `process_app`; with one, this process serves)."""
+    patches.apply_all()  # first: the owner's connections below stay in the pool the app uses
     prepare(owner)
-    patches.apply_all()
 
     import uvicorn
+
+    if processes > 1:
+        target = "annotation.server.app:process_app"
+        uvicorn.run(target, factory=True, host=host, port=port, workers=processes, access_log=False)
+    else:
+        uvicorn.run(_loaded_app(), host=host, port=port, access_log=False)
+
+
+def _loaded_app() -> Any:
     from argilla_server import app
 
     collect_garbage_less()
-    uvicorn.run(app, host=host, port=port, access_log=False)
+    return app
+
+
+def process_app() -> Any:
+    """The app in each of several server processes: patched, as `serve` patches its own."""
+    patches.apply_all()
+    return _loaded_app()
 
 
 def worker() -> None:
@@ -111,10 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="migrate, then serve the API and UI (owner JSON on stdin)")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=6900)
+    serve_parser.add_argument("--processes", type=int, default=1, help="server processes")
     commands.add_parser("worker", help="the rq worker for background jobs")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port, json.loads(sys.stdin.read()))
+        serve(args.host, args.port, json.loads(sys.stdin.read()), args.processes)
     else:
         worker()
 

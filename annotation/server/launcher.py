@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError, cli_entry, mask_passwords
+from pipelines.cli import UserError, cli_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 OWNER = "argilla"
 ENGINE = "sqlite-fts5"  # annotation.server.search_engine.ENGINE_NAME (that module imports argilla_server)
 DEFAULT_PORT = 6900
+DEFAULT_PROCESSES = min(2, os.cpu_count() or 1)
 SERVICES = ("redis", "server", "worker")
 START_HINT = "start it with `python -m annotation server start`"
-SQLITE = "sqlite"  # `--database-url sqlite`: the var dir's own SQLite file (the default)
 
 
 def home_dir(flag: str | None = None) -> Path:
@@ -142,11 +142,6 @@ class Paths:
         return self.home / "owner-password"
 
     @property
-    def database_url_file(self) -> Path:
-        """The PostgreSQL URL given to `start --database-url` (0600: it may hold a password); none: SQLite."""
-        return self.home / "database-url"
-
-    @property
     def lock(self) -> Path:
         return self.home / "start.lock"
 
@@ -154,14 +149,8 @@ class Paths:
     def logs(self) -> Path:
         return self.home / "logs"
 
-    def database_url(self) -> str:
-        """The database the server runs on: the saved PostgreSQL URL, else the SQLite file in the var dir."""
-        if self.database_url_file.is_file():
-            return self.database_url_file.read_text().strip()
-        return self.sqlite_url
-
     @property
-    def sqlite_url(self) -> str:
+    def database_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.home / 'argilla.db'}"
 
     def log(self, name: str) -> Path:
@@ -311,7 +300,7 @@ def _server_env(paths: Paths, redis_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
     env.update(
         ARGILLA_HOME_PATH=str(paths.home),
-        ARGILLA_DATABASE_URL=paths.database_url(),
+        ARGILLA_DATABASE_URL=paths.database_url,
         ARGILLA_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         ARGILLA_SEARCH_ENGINE=ENGINE,
         ARGILLA_ENABLE_TELEMETRY="false",
@@ -383,7 +372,6 @@ def start(args: argparse.Namespace) -> int:
     if external is not None:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
         return 0
-    database = _database_url_flag(args.database_url)
     paths = Paths(home_dir(args.home))
     if not paths.home.exists():  # nothing of ours can hold a port yet: fail before writing anything
         _choose_port(args.port, None, None, "the server", "--port")
@@ -392,7 +380,7 @@ def start(args: argparse.Namespace) -> int:
         state = State.load(paths)
         running = state.alive()
         if set(running) == set(SERVICES) and state.url and _healthy(state.url):
-            _same_server(state, paths, args, database)
+            _same_server(state, paths, args)
             also = ": another `start` started it at the same moment" if waited else ""
             print(f"already running at {state.url} (var dir {paths.home}){also}")
             return 0
@@ -407,10 +395,10 @@ def start(args: argparse.Namespace) -> int:
             print(f"server: {problem} ({', '.join(sorted(running))} still running): restarting everything")
             _stop_processes(state)
             state.save(paths)
-        return _start_locked(args, paths, state, database)
+        return _start_locked(args, paths, state)
 
 
-def _start_locked(args: argparse.Namespace, paths: Paths, state: State, database: str | None) -> int:
+def _start_locked(args: argparse.Namespace, paths: Paths, state: State) -> int:
     redis = shutil.which("redis-server")
     if redis is None:
         raise UserError(
@@ -419,33 +407,19 @@ def _start_locked(args: argparse.Namespace, paths: Paths, state: State, database
     state.host = args.host or "127.0.0.1"
     state.port = _choose_port(args.port, state.port, DEFAULT_PORT, "the server", "--port")
     state.redis_port = _choose_port(args.redis_port, None, None, "Redis", "--redis-port")
-    if database == SQLITE:
-        paths.database_url_file.unlink(missing_ok=True)
-    elif database is not None:
-        _write_secret(paths.database_url_file, database)
     paths.logs.mkdir(exist_ok=True)
     python = ensure_server_venv()
     began = time.monotonic()
     try:
-        _start_services(state, paths, redis, python, args.timeout)
+        _start_services(state, paths, redis, python, args.timeout, args.processes)
     except BaseException:
         _stop_processes(state)
         state.save(paths)
         raise
     print(f"Argilla is running at {state.url} (started in {time.monotonic() - began:.1f} s; var dir {paths.home})")
     print(f"  owner: {OWNER}; API key in {paths.key_file}; password in {paths.password_file}")
-    print(f"  database: {mask_passwords(paths.database_url())}")
     print("  stop it with `python -m annotation server stop`; logs: `python -m annotation server logs`")
     return 0
-
-
-def _database_url_flag(value: str | None) -> str | None:
-    """`--database-url` checked: a PostgreSQL URL, or `sqlite` (back to the var dir's SQLite file)."""
-    if value is None or value == SQLITE:
-        return value
-    if not value.startswith(("postgresql://", "postgresql+asyncpg://")):
-        raise UserError(f"--database-url takes a postgresql:// URL or `sqlite`, not {mask_passwords(value)!r}")
-    return value
 
 
 @contextlib.contextmanager
@@ -473,14 +447,9 @@ def _start_lock(paths: Paths, timeout: float) -> Iterator[bool]:
         os.close(descriptor)
 
 
-def _same_server(state: State, paths: Paths, args: argparse.Namespace, database: str | None) -> None:
-    """A running server answers a `start` only if it is the one asked for (port, interface, database)."""
-    asked_database = paths.sqlite_url if database == SQLITE else database
-    asked = {
-        "port": (args.port, state.port),
-        "interface": (args.host, state.host),
-        "database": (asked_database, paths.database_url()),
-    }
+def _same_server(state: State, paths: Paths, args: argparse.Namespace) -> None:
+    """A running server answers a `start` only if it is the one asked for (port, interface)."""
+    asked = {"port": (args.port, state.port), "interface": (args.host, state.host)}
     different = " and ".join(name for name, (want, have) in asked.items() if want is not None and want != have)
     if different:
         raise UserError(
@@ -489,7 +458,7 @@ def _same_server(state: State, paths: Paths, args: argparse.Namespace, database:
         )
 
 
-def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float) -> None:
+def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float, processes: int) -> None:
     env = _server_env(paths, state.redis_port)
     redis_dir = paths.home / "redis"
     redis_dir.mkdir(exist_ok=True)
@@ -508,9 +477,10 @@ def _start_services(state: State, paths: Paths, redis: str, python: Path, timeou
         "password": paths.password_file.read_text().strip(),
         "replace": replace,  # new files: an existing owner (whose files were lost) gets these credentials
     }
-    app = [str(python), "-m", "annotation.server.app"]
+    # Not `-m`: uvicorn's server processes start as fresh interpreters that re-run a `-m` main module, and died.
+    app = [str(python), "-c", "from annotation.server.app import main; main()"]
     _spawn(state, paths, "worker", [*app, "worker"], env)
-    serve = [*app, "serve", "--host", state.host, "--port", str(state.port)]
+    serve = [*app, "serve", "--host", state.host, "--port", str(state.port), "--processes", str(processes)]
     server = _spawn(state, paths, "server", serve, env, stdin=json.dumps(owner))
     _wait_for(lambda: _healthy(state.url), server, timeout, f"the Argilla server at {state.url}", paths.log("server"))
 
@@ -550,7 +520,6 @@ def status(args: argparse.Namespace) -> int:
             "api_key_file": str(paths.key_file) if key else None,
             "password_file": str(paths.password_file) if paths.password_file.is_file() else None,
             "owner": OWNER,
-            "database": mask_passwords(paths.database_url()),
         }
     report["healthy"] = bool(url) and _healthy(url)
     if report["healthy"] and key:
@@ -568,8 +537,6 @@ def status(args: argparse.Namespace) -> int:
 
 def _print_status(report: dict[str, Any]) -> None:
     print(f"Argilla at {report['url']}: healthy{' (external)' if report['external'] else ''}")
-    if report.get("database"):
-        print(f"  database: {report['database']}")
     if report.get("api_key_file"):
         print(f"  owner {report['owner']}: API key in {report['api_key_file']}, password in {report['password_file']}")
     users = report.get("users", [])
@@ -616,12 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     start_parser.add_argument("--port", type=int, help=f"server port (default: the last one, {DEFAULT_PORT}, or free)")
     start_parser.add_argument("--redis-port", type=int, help="Redis port (default: a free one)")
     start_parser.add_argument("--host", help="interface to serve on (default 127.0.0.1; 0.0.0.0: the whole network)")
-    start_parser.add_argument(
-        "--database-url",
-        help="run on this PostgreSQL (postgresql://user@host/db, kept for later starts); `sqlite`: back to the "
-        "var dir's SQLite file (the default)",
-    )
     start_parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
+    start_parser.add_argument(
+        "--processes",
+        type=int,
+        default=DEFAULT_PROCESSES,
+        help=f"API server processes (default {DEFAULT_PROCESSES}: one per core, at most 2)",
+    )
     commands.add_parser("stop", parents=[home], help="stop the server, its worker and Redis")
     status_parser = commands.add_parser("status", parents=[home], help="URL, health, users and datasets")
     status_parser.add_argument("--json", action="store_true", help="machine-readable (url, healthy, api_key_file...)")

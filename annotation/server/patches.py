@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -189,11 +191,139 @@ def skip_reloading_new_bare_records() -> None:
     _replace(records_bulk, "_preload_records_relationships_before_index", preload_unloaded)
 
 
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+IMMEDIATE)\b", re.IGNORECASE)
+
+
+def serialize_sqlite_writers() -> None:
+    """On SQLite one transaction writes at a time. Two requests that write at once collide: the second one's first
+    write finds the database locked, and SQLite's busy handler sleeps and retries (1, 2, 5 ... 100 ms steps, up to
+    the 15 s timeout); with 50 annotators submitting, submits waited seconds. Here every connection takes a write
+    lock just before its transaction's first write and gives it back at commit or rollback, so writers queue and
+    each starts the moment the one before ends: no sleep, no retry. The lock is a thread lock in each process (taken
+    in the connection's own aiosqlite thread: the event loop keeps serving reads; not granted within the timeout, it
+    is not taken and SQLite's own handling applies, as stock) and then an flock on a file beside the database,
+    shared by the server processes and the rq worker. PostgreSQL: nothing to do."""
+    import fcntl
+    import sqlite3
+
+    from argilla_server import database
+    from argilla_server.settings import settings
+    from sqlalchemy import event, make_url
+
+    if not settings.database_is_sqlite:
+        return
+    in_process = threading.Lock()
+    between_processes = open(f"{make_url(settings.database_url).database}.write-lock", "a")  # noqa: SIM115
+    timeout = float(settings.database_sqlite_timeout)
+
+    class Cursor(sqlite3.Cursor):
+        def execute(self, sql: str, parameters: Any = ()) -> Any:
+            self.connection.before(sql)
+            return super().execute(sql, parameters)
+
+        def executemany(self, sql: str, parameters: Any) -> Any:
+            self.connection.before(sql)
+            return super().executemany(sql, parameters)
+
+    class Connection(sqlite3.Connection):
+        holds = False
+
+        def cursor(self, factory: Any = Cursor) -> Any:
+            return super().cursor(factory)
+
+        def before(self, sql: str) -> None:
+            if not self.holds and not self.in_transaction and _WRITE.match(sql):
+                self.holds = in_process.acquire(timeout=timeout)
+                if self.holds:
+                    fcntl.flock(between_processes, fcntl.LOCK_EX)
+
+        def release(self) -> None:
+            if self.holds:
+                self.holds = False
+                fcntl.flock(between_processes, fcntl.LOCK_UN)
+                in_process.release()
+
+        def commit(self) -> None:
+            try:
+                super().commit()
+            finally:
+                if not self.in_transaction:
+                    self.release()
+
+        def rollback(self) -> None:
+            try:
+                super().rollback()
+            finally:
+                if not self.in_transaction:
+                    self.release()
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                self.release()
+
+    @event.listens_for(_target(database, "async_engine").sync_engine, "do_connect")
+    def connect_queued(dialect: Any, connection_record: Any, cargs: Any, cparams: dict) -> None:
+        cparams["factory"] = Connection
+
+
+def update_statuses_without_retries() -> None:
+    """Argilla recomputes a record's status after every response in its own SERIALIZABLE transaction, retried with
+    exponential back-off (sleeps of 1 s, 2 s, 4 s... up to 15 s) on any database error: on SQLite two submissions at
+    once collided, on PostgreSQL concurrent updates fail serialization; each retry was a sleep in the request. Here
+    the record is locked first (SQLite: BEGIN IMMEDIATE, queued by `serialize_sqlite_writers`; PostgreSQL: its row
+    FOR UPDATE), then its submitted responses are read in the same transaction: the later of two concurrent updates
+    always sees both responses, so the same rule holds without retries. The events sent after commit are Argilla's."""
+    from argilla_server.contexts import distribution
+    from argilla_server.database import AsyncSessionLocal
+    from argilla_server.models import Record
+    from argilla_server.settings import settings
+    from argilla_server.webhooks.v1.enums import RecordEvent
+    from sqlalchemy import select, text
+    from sqlalchemy.orm import selectinload
+
+    async def update_record_status(search_engine: Any, record_id: Any) -> Any:
+        async with AsyncSessionLocal() as db:
+            if settings.database_is_sqlite:
+                await db.execute(text("BEGIN IMMEDIATE"))
+            else:
+                await db.execute(select(Record.id).where(Record.id == record_id).with_for_update())
+            options = [selectinload(Record.dataset), selectinload(Record.responses_submitted)]
+            record = await Record.get_or_raise(db, record_id, options=options)
+            await distribution._update_record_status(db, record)
+            await db.commit()
+            await search_engine.partial_record_update(record, status=record.status)
+            await distribution.notify_record_event_v1(db, RecordEvent.updated, record)
+            if record.is_completed():
+                await distribution.notify_record_event_v1(db, RecordEvent.completed, record)
+            return record
+
+    _replace(distribution, "update_record_status", update_record_status)
+
+
+def users_progress_from_counts() -> None:
+    """`GET /datasets/{id}/users/progress` grouped every response of the dataset by user, record status and
+    response status: a scan that grows with the dataset. The search engine's triggers keep exactly those counts,
+    so the answer is read from them (same shape, same order: users by creation)."""
+    from argilla_server.contexts import datasets
+
+    from annotation.server import search_engine
+
+    async def get_dataset_users_progress(db: Any, dataset: Any) -> list[dict]:
+        return await search_engine.users_progress(db, dataset.id)
+
+    _replace(datasets, "get_dataset_users_progress", get_dataset_users_progress)
+
+
 PATCHES: tuple[Callable[[], None], ...] = (
     build_events_only_when_heard,
     validate_without_throwaway_records,
     write_only_changed_statuses,
     skip_reloading_new_bare_records,
+    serialize_sqlite_writers,
+    update_statuses_without_retries,
+    users_progress_from_counts,
 )
 
 

@@ -54,8 +54,7 @@ from argilla_server.search_engine.base import (
     TermsMetrics,
     TextQuery,
 )
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 ENGINE_NAME = "sqlite-fts5"
@@ -124,33 +123,124 @@ STALE_DATASETS = (
 )
 
 
-SHUFFLE = "annotation_shuffle"
+RECORD_COUNTS = "annotation_record_counts"
+RESPONSE_COUNTS = "annotation_response_counts"
+# Records per (dataset, status) and responses per (dataset, user, response status, record status), kept by triggers
+# in the writing transaction: progress, metrics and an annotator's queue size are read from them, not counted.
+_RESPONSES_OF_OLD = (
+    f"UPDATE {RESPONSE_COUNTS} SET n = n - (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = OLD.id "
+    f"AND rs.user_id = {RESPONSE_COUNTS}.user_id AND rs.status = {RESPONSE_COUNTS}.status) "
+    "WHERE dataset_id = OLD.dataset_id AND record_status = OLD.status "
+    "AND user_id IN (SELECT user_id FROM responses WHERE record_id = OLD.id);"
+)
+_ONE_RESPONSE = (
+    f"INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n) "
+    "SELECT r.dataset_id, NEW.user_id, NEW.status, r.status, 1 FROM records r WHERE r.id = NEW.record_id "
+    "ON CONFLICT DO UPDATE SET n = n + 1;"
+)
+_NO_RESPONSE = (
+    f"UPDATE {RESPONSE_COUNTS} SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status "
+    "AND (dataset_id, record_status) IN (SELECT r.dataset_id, r.status FROM records r WHERE r.id = OLD.record_id);"
+)
+COUNTS_SCHEMA = [
+    f"CREATE TABLE IF NOT EXISTS {RECORD_COUNTS} (dataset_id CHAR(32) NOT NULL, status VARCHAR NOT NULL, "
+    "n INTEGER NOT NULL, PRIMARY KEY (dataset_id, status)) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {RESPONSE_COUNTS} (dataset_id CHAR(32) NOT NULL, user_id CHAR(32) NOT NULL, "
+    "status VARCHAR NOT NULL, record_status VARCHAR NOT NULL, n INTEGER NOT NULL, "
+    "PRIMARY KEY (dataset_id, user_id, status, record_status)) WITHOUT ROWID",
+    # An annotator's queue (pending records it has not answered) walked in id order from a per-user start.
+    "CREATE INDEX IF NOT EXISTS annotation_ix_records_queue ON records (dataset_id, status, id)",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_insert AFTER INSERT ON records BEGIN
+    INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_status AFTER UPDATE OF status ON records
+    WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE {RECORD_COUNTS} SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
+    INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+    {_RESPONSES_OF_OLD}
+    INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n)
+    SELECT NEW.dataset_id, user_id, status, NEW.status, COUNT(*) FROM responses WHERE record_id = NEW.id
+    GROUP BY user_id, status ON CONFLICT DO UPDATE SET n = n + excluded.n;
+    END""",
+    # A deleted record's responses go by cascade after it, when it can no longer be looked up: counted off here.
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_delete BEFORE DELETE ON records BEGIN
+    UPDATE {RECORD_COUNTS} SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
+    {_RESPONSES_OF_OLD}
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_insert AFTER INSERT ON responses
+    BEGIN {_ONE_RESPONSE} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_status AFTER UPDATE OF status ON responses
+    WHEN OLD.status IS NOT NEW.status BEGIN {_NO_RESPONSE} {_ONE_RESPONSE} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_delete AFTER DELETE ON responses
+    BEGIN {_NO_RESPONSE} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_datasets_delete AFTER DELETE ON datasets BEGIN
+    DELETE FROM {RECORD_COUNTS} WHERE dataset_id = OLD.id;
+    DELETE FROM {RESPONSE_COUNTS} WHERE dataset_id = OLD.id;
+    END""",
+]
+# Count some datasets again (records written before the triggers existed, or by a server without them).
+RECOUNT = [
+    f"DELETE FROM {RECORD_COUNTS} WHERE dataset_id IN ({{datasets}})",
+    f"INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) SELECT dataset_id, status, COUNT(*) FROM records "
+    "WHERE dataset_id IN ({datasets}) GROUP BY dataset_id, status",
+    f"DELETE FROM {RESPONSE_COUNTS} WHERE dataset_id IN ({{datasets}})",
+    f"INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n) "
+    "SELECT r.dataset_id, rs.user_id, rs.status, r.status, COUNT(*) FROM responses rs JOIN records r "
+    "ON r.id = rs.record_id WHERE r.dataset_id IN ({datasets}) GROUP BY r.dataset_id, rs.user_id, rs.status, r.status",
+]
+_COUNTED_RECORDS = "SELECT dataset_id, status, COUNT(*) FROM records GROUP BY dataset_id, status"
+_COUNTED_RESPONSES = (
+    "SELECT r.dataset_id, rs.user_id, rs.status, r.status, COUNT(*) FROM responses rs JOIN records r "
+    "ON r.id = rs.record_id GROUP BY r.dataset_id, rs.user_id, rs.status, r.status"
+)
+_KEPT_RECORDS = f"SELECT dataset_id, status, n FROM {RECORD_COUNTS} WHERE n != 0"
+_KEPT_RESPONSES = f"SELECT dataset_id, user_id, status, record_status, n FROM {RESPONSE_COUNTS} WHERE n != 0"
+STALE_COUNTS = (
+    f"SELECT dataset_id FROM ({_COUNTED_RECORDS} EXCEPT {_KEPT_RECORDS}) "
+    f"UNION SELECT dataset_id FROM ({_KEPT_RECORDS} EXCEPT {_COUNTED_RECORDS}) "
+    f"UNION SELECT dataset_id FROM ({_COUNTED_RESPONSES} EXCEPT {_KEPT_RESPONSES}) "
+    f"UNION SELECT dataset_id FROM ({_KEPT_RESPONSES} EXCEPT {_COUNTED_RESPONSES})"
+)
 
 
-def _shuffle_key(record_id: str, user_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{user_id}:{record_id}".encode(), digest_size=7).digest(), "big")
+# Records whose status disagrees with their submitted responses (overlap: completed once `min_submitted` are
+# submitted): a server killed between a response's commit and its record's status update leaves one behind.
+# Looked for among the records with responses or completed only.
+_DUE_STATUS = (
+    "CASE WHEN (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = records.id AND rs.status = 'submitted') >= "
+    "(SELECT json_extract(d.distribution, '$.min_submitted') FROM datasets d WHERE d.id = records.dataset_id) "
+    "THEN 'completed' ELSE 'pending' END"
+)
+REPAIR_STATUSES = (
+    f"UPDATE records SET status = {_DUE_STATUS} WHERE (id IN (SELECT record_id FROM responses) "
+    f"OR status = 'completed') AND status IS NOT {_DUE_STATUS}"
+)
 
 
-@event.listens_for(Engine, "connect")
-def _register_shuffle(dbapi_connection: Any, connection_record: Any) -> None:
-    """`annotation_shuffle(record_id, user_id)`: a per-user pseudo-random sort key (Elasticsearch's random_score)."""
-    if hasattr(dbapi_connection, "create_function"):  # SQLite (sqlite3, aiosqlite); not PostgreSQL
-        dbapi_connection.create_function(SHUFFLE, 2, _shuffle_key, deterministic=True)
+def _rebuild(connection: Any, statements: list[str], stale_query: str) -> int:
+    """Run `statements` for the datasets `stale_query` names; returns how many there were."""
+    stale = [row[0] for row in connection.execute(text(stale_query)) if row[0] is not None]
+    datasets = ", ".join(f"'{dataset_id}'" for dataset_id in stale if re.fullmatch(r"[0-9a-f]{32}", dataset_id))
+    if datasets:
+        for statement in statements:
+            connection.execute(text(statement.format(datasets=datasets)))
+    return len(stale)
 
 
 def ensure_schema(connection: Any) -> int:
-    """Create the text index and its triggers if missing and rebuild stale datasets; returns how many were rebuilt.
+    """Create the text index, the counts and their triggers if missing, rebuild what is stale in any dataset and
+    set the statuses a crash left behind; returns how many datasets had their text index rebuilt.
 
     `connection` is a SQLAlchemy sync connection (the launcher's migrate step); the caller commits.
     """
-    for statement in SCHEMA:
+    for statement in SCHEMA + COUNTS_SCHEMA:
         connection.execute(text(statement))
-    stale = [row[0] for row in connection.execute(text(STALE_DATASETS)) if row[0] is not None]
-    if stale:
-        datasets = ", ".join(f"'{dataset_id}'" for dataset_id in stale if re.fullmatch(r"[0-9a-f]{32}", dataset_id))
-        for statement in REBUILD:
-            connection.execute(text(statement.format(datasets=datasets)))
-    return len(stale)
+    rebuilt = _rebuild(connection, REBUILD, STALE_DATASETS)
+    _rebuild(connection, RECOUNT, STALE_COUNTS)
+    connection.execute(text(REPAIR_STATUSES))
+    return rebuilt
 
 
 # ------------------------------------------------------------------------------------------------ text queries
@@ -468,6 +558,94 @@ class _Sql:
         return f"{key} IS NULL, {key} {direction}"  # records without a value last, as Elasticsearch sorts
 
 
+# ------------------------------------------------------------------------------------------------ annotators' queues
+
+ANSWERED = frozenset({"submitted", "discarded", "draft"})
+# The focus view's queue: pending records without a response of this user, in id order from the user's start, then
+# from the dataset's first id: two walks of the queue index, each stopping after offset + limit records.
+_QUEUE_WALK = (
+    "SELECT r.id FROM records r WHERE r.dataset_id = :ds AND r.status = 'pending' AND r.id {cmp} :start "
+    "AND NOT EXISTS (SELECT 1 FROM responses rs WHERE rs.record_id = r.id AND rs.user_id = :user) "
+    "ORDER BY r.id LIMIT :window"
+)
+QUEUE_PAGE = (
+    f"SELECT id FROM (SELECT id, 0 AS lap FROM ({_QUEUE_WALK.format(cmp='>=')}) "
+    f"UNION ALL SELECT id, 1 AS lap FROM ({_QUEUE_WALK.format(cmp='<')})) ORDER BY lap, id LIMIT :limit OFFSET :offset"
+)
+QUEUE_TOTAL = (
+    f"SELECT COALESCE((SELECT n FROM {RECORD_COUNTS} WHERE dataset_id = :ds AND status = 'pending'), 0) "
+    f"- COALESCE((SELECT SUM(n) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
+    "AND record_status = 'pending'), 0)"
+)
+# The other tabs: the user's own responses of some statuses, in the same order.
+ANSWERED_PAGE = (
+    "SELECT rs.record_id FROM responses rs JOIN records r ON r.id = rs.record_id WHERE rs.user_id = :user "
+    "AND rs.status IN ({statuses}) AND r.dataset_id = :ds ORDER BY rs.record_id < :start, rs.record_id "
+    "LIMIT :limit OFFSET :offset"
+)
+ANSWERED_TOTAL = (
+    f"SELECT COALESCE(SUM(n), 0) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
+    "AND status IN ({statuses})"
+)
+
+
+def _queue_start(user_id: UUID) -> str:
+    """Where the user's walk through a dataset's ids begins: spread evenly over the id space, fixed per user."""
+    return hashlib.blake2b(user_id.bytes, digest_size=16).hexdigest()
+
+
+def _plain(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _queue_statuses(filter_: Filter | None, user_id: UUID | None) -> list[str] | None:
+    """The response statuses of an annotator's queue when `filter_` is one as the UI sends it: ["pending"] together
+    with the record status "pending" (the focus view), or answered statuses alone (the other tabs); else None."""
+    if user_id is None or not isinstance(filter_, AndFilter):
+        return None
+    values: dict[str, list[str]] = {}
+    for part in filter_.filters:
+        scope = getattr(part, "scope", None)
+        if not isinstance(part, TermsFilter):
+            return None
+        if isinstance(scope, ResponseFilterScope) and scope.property == "status" and scope.question is None:
+            if scope.user is None or scope.user.id != user_id:
+                return None
+            key = "response"
+        elif isinstance(scope, RecordFilterScope) and scope.property == "status":
+            key = "record"
+        else:
+            return None
+        if key in values:
+            return None
+        values[key] = sorted({_plain(value) for value in part.values})
+    response, record = values.get("response"), values.get("record")
+    if response == ["pending"] and record == ["pending"]:
+        return response
+    if response and record is None and ANSWERED.issuperset(response):
+        return response
+    return None
+
+
+async def _queue_page(
+    db: AsyncSession, dataset_id: UUID, user_id: UUID, statuses: list[str], offset: int, limit: int
+) -> SearchResponses:
+    params: dict[str, Any] = {"ds": dataset_id.hex, "user": user_id.hex, "start": _queue_start(user_id)}
+    params.update(offset=offset, limit=limit, window=offset + limit)
+    if statuses == ["pending"]:
+        total_sql, page_sql = QUEUE_TOTAL, QUEUE_PAGE
+    else:
+        params.update({f"s{i}": status for i, status in enumerate(statuses)})
+        listed = ", ".join(f":s{i}" for i in range(len(statuses)))
+        total_sql, page_sql = ANSWERED_TOTAL.format(statuses=listed), ANSWERED_PAGE.format(statuses=listed)
+    total = int((await db.execute(text(total_sql), params)).scalar_one())
+    if limit <= 0 or offset >= total:
+        return SearchResponses(items=[], total=total)
+    rows = (await db.execute(text(page_sql), params)).all()
+    items = [SearchResponseItem(record_id=UUID(hex=row[0]), score=1.0) for row in rows]
+    return SearchResponses(items=items, total=total)
+
+
 # ------------------------------------------------------------------------------------------------ the engine
 
 
@@ -543,11 +721,11 @@ class SQLiteSearchEngine(SearchEngine):
         async with _session(dataset) as db:
             rows = (
                 await db.execute(
-                    text("SELECT status, COUNT(*) FROM records WHERE dataset_id = :ds GROUP BY status"),
+                    text(f"SELECT status, n FROM {RECORD_COUNTS} WHERE dataset_id = :ds AND n > 0"),
                     {"ds": dataset.id.hex},
                 )
             ).all()
-        return {"total": sum(count for _, count in rows), **{status: count for status, count in rows}}
+        return {"total": sum(count for _, count in rows), **dict(rows)}
 
     async def get_dataset_user_progress(self, dataset: Dataset, user: User) -> dict:
         if dataset.is_draft:
@@ -556,13 +734,13 @@ class SQLiteSearchEngine(SearchEngine):
             rows = (
                 await db.execute(
                     text(
-                        "SELECT rs.status, COUNT(*) FROM responses rs JOIN records r ON r.id = rs.record_id "
-                        "WHERE r.dataset_id = :ds AND rs.user_id = :user GROUP BY rs.status"
+                        f"SELECT status, SUM(n) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
+                        "GROUP BY status HAVING SUM(n) > 0"
                     ),
                     {"ds": dataset.id.hex, "user": user.id.hex},
                 )
             ).all()
-        return {"total": sum(count for _, count in rows), **{status: count for status, count in rows}}
+        return {"total": sum(count for _, count in rows), **dict(rows)}
 
     async def compute_metrics_for(self, metadata_property: MetadataProperty) -> MetadataMetrics:
         params = {"ds": metadata_property.dataset_id.hex, "path": _json_path(metadata_property.name)}
@@ -611,9 +789,14 @@ class SQLiteSearchEngine(SearchEngine):
         limit: int = 100,
         user_id: UUID | None = None,
     ) -> SearchResponses:
-        """Records matching the text query and filters; without a sort, by relevance for a text query, in a
-        per-user shuffled order for an annotator's queue (`user_id`), else in insertion order."""
+        """Records matching the text query and filters; without a sort, by relevance for a text query, for an
+        annotator (`user_id`) in id order from a start of its own (annotators begin far apart in the dataset and
+        see the same order on every page: Elasticsearch's per-user random score, from an index), else in insertion
+        order. An annotator's queue as the UI asks for it is read from the queue index and the kept counts."""
+        statuses = _queue_statuses(filter, user_id) if query is None and not sort else None
         async with _session(dataset) as db:
+            if statuses is not None and user_id is not None:
+                return await _queue_page(db, dataset.id, user_id, statuses, offset, limit)
             sql, where, scores = await self._prepare(db, dataset, query, filter)
             total = (await db.execute(text(f"SELECT COUNT(*) FROM records r WHERE {where}"), sql.params)).scalar_one()
             if limit <= 0 or offset >= total:
@@ -625,8 +808,7 @@ class SQLiteSearchEngine(SearchEngine):
             elif scores:
                 order = "score DESC"
             elif user_id is not None:
-                # A shuffle that is the same on every page for one user and different between users.
-                order = f"{SHUFFLE}(r.id, {sql.bind(str(user_id))})"
+                order = f"r.id < {sql.bind(_queue_start(user_id))}, r.id"
             else:
                 order = "r.inserted_at"
             statement = (
@@ -751,3 +933,20 @@ async def _session(obj: Any, write: bool = False) -> AsyncIterator[AsyncSession]
     yield db
     if write and began:
         await db.commit()
+
+
+async def users_progress(db: AsyncSession, dataset_id: UUID) -> list[dict]:
+    """Each user's responses by record status and response status, from the kept counts, users in creation order."""
+    rows = (
+        await db.execute(
+            text(
+                f"SELECT u.username, c.record_status, c.status, c.n FROM {RESPONSE_COUNTS} c "
+                "JOIN users u ON u.id = c.user_id WHERE c.dataset_id = :ds AND c.n > 0 ORDER BY u.inserted_at, u.id"
+            ),
+            {"ds": dataset_id.hex},
+        )
+    ).all()
+    progress: dict[str, dict[str, dict[str, int]]] = {}
+    for username, record_status, status, count in rows:
+        progress.setdefault(username, {}).setdefault(record_status, {})[status] = count
+    return [{"username": username, **statuses} for username, statuses in progress.items()]
