@@ -146,7 +146,7 @@ def test_kill_9_mid_annotation_keeps_every_acknowledged_response(argilla_server,
     while len(acknowledged) < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
     server_pid = json.loads((argilla_server.var_dir / "server.json").read_text())["processes"]["server"]["pid"]
-    os.kill(server_pid, signal.SIGKILL)
+    os.killpg(server_pid, signal.SIGKILL)  # the API and its server processes
     annotator.join(60)
     assert 10 <= len(acknowledged) < len(record_ids)  # killed mid-way
 

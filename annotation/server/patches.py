@@ -269,30 +269,29 @@ def serialize_sqlite_writers() -> None:
 
 
 def update_statuses_without_retries() -> None:
-    """Argilla recomputes a record's status after every response in its own SERIALIZABLE transaction, retried with
-    exponential back-off (sleeps of 1 s, 2 s, 4 s... up to 15 s) on any database error: on SQLite two submissions at
-    once collided, on PostgreSQL concurrent updates fail serialization; each retry was a sleep in the request. Here
-    the record is locked first (SQLite: BEGIN IMMEDIATE, queued by `serialize_sqlite_writers`; PostgreSQL: its row
-    FOR UPDATE), then its submitted responses are read in the same transaction: the later of two concurrent updates
-    always sees both responses, so the same rule holds without retries. The events sent after commit are Argilla's."""
+    """Argilla recomputes a record's status after every response in its own SERIALIZABLE transaction (three reads,
+    then the update), retried with exponential back-off (sleeps of 1 s, 2 s, 4 s... up to 15 s) on any database
+    error: two submissions at once collided, and each retry was a sleep in the request. Here the status is set by
+    one UPDATE that counts the record's submitted responses itself (the same rule: overlap, completed once
+    `min_submitted` are submitted), under the write lock of `serialize_sqlite_writers`: the later of two concurrent
+    updates always sees both responses, without retries, and the lock is held for one statement instead of four.
+    The record is read after the commit for Argilla's own events."""
+    from datetime import datetime
+
     from argilla_server.contexts import distribution
     from argilla_server.database import AsyncSessionLocal
     from argilla_server.models import Record
-    from argilla_server.settings import settings
     from argilla_server.webhooks.v1.enums import RecordEvent
-    from sqlalchemy import select, text
-    from sqlalchemy.orm import selectinload
+    from sqlalchemy import text
+
+    from annotation.server import search_engine as engine
 
     async def update_record_status(search_engine: Any, record_id: Any) -> Any:
         async with AsyncSessionLocal() as db:
-            if settings.database_is_sqlite:
-                await db.execute(text("BEGIN IMMEDIATE"))
-            else:
-                await db.execute(select(Record.id).where(Record.id == record_id).with_for_update())
-            options = [selectinload(Record.dataset), selectinload(Record.responses_submitted)]
-            record = await Record.get_or_raise(db, record_id, options=options)
-            await distribution._update_record_status(db, record)
+            now = datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
+            await db.execute(text(engine.SET_STATUS), {"id": record_id.hex, "now": now})
             await db.commit()
+            record = await Record.get_or_raise(db, record_id)
             await search_engine.partial_record_update(record, status=record.status)
             await distribution.notify_record_event_v1(db, RecordEvent.updated, record)
             if record.is_completed():

@@ -213,6 +213,9 @@ _DUE_STATUS = (
     "(SELECT json_extract(d.distribution, '$.min_submitted') FROM datasets d WHERE d.id = records.dataset_id) "
     "THEN 'completed' ELSE 'pending' END"
 )
+SET_STATUS = (
+    f"UPDATE records SET status = {_DUE_STATUS}, updated_at = :now WHERE id = :id AND status IS NOT {_DUE_STATUS}"
+)
 REPAIR_STATUSES = (
     f"UPDATE records SET status = {_DUE_STATUS} WHERE (id IN (SELECT record_id FROM responses) "
     f"OR status = 'completed') AND status IS NOT {_DUE_STATUS}"
