@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.data.samples import TIERS
 from pipelines.tasks.mathqa.__main__ import main
 from pipelines.tasks.mathqa.answers import extract_answer
 from pipelines.tasks.mathqa.dataset import check_dataset, write_dataset
@@ -17,6 +16,7 @@ from pipelines.tasks.mathqa.evaluate import evaluate_predictions
 from pipelines.tasks.mathqa.problems import KINDS
 from pipelines.tasks.mathqa.questions import load_split, rebuild
 from pipelines.tasks.mathqa.reward import CORRECT_REWARD, DATA_ENV, NO_ANSWER_REWARD, WRONG_ANSWER_REWARD, answer_reward
+from pipelines.tasks.samples import TIERS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "mathqa"
 FILES = ("train.jsonl", "test.jsonl", "pairs_train.jsonl", "pairs_test.jsonl", "README.md")
@@ -151,8 +151,8 @@ def test_cli_generate_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ("argv", "message"),
     [
         (["check", "--data", "/nonexistent/mathqa"], "is not a folder"),
-        (["generate", "--out", "OUT", "--n-train", "0"], "--n-train must be at least 1"),
-        (["generate", "--out", "OUT", "--n-test", "many"], "invalid int value"),
+        (["generate", "--out", "OUT", "--n-train", "0"], "--n-train: must be at least 1"),
+        (["generate", "--out", "OUT", "--n-test", "many"], "--n-test: must be a whole number"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(

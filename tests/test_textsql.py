@@ -25,7 +25,7 @@ from pipelines.tasks.textsql.__main__ import main
 from pipelines.tasks.textsql.questions import load_split
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "textsql"
-FILES = ("shop.sqlite", "train.jsonl", "test.jsonl", "README.md")
+FILES = ("shop.sqlite", "train.jsonl", "test.jsonl", "pairs_train.jsonl", "pairs_test.jsonl", "README.md")
 
 
 @pytest.fixture(scope="module")

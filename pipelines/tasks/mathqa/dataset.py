@@ -9,12 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import UserError
-from pipelines.data.samples import TIERS, CheckReport, kind_table, write_jsonl
 from pipelines.tasks.mathqa.answers import extract_answer
-from pipelines.tasks.mathqa.pairs import CHANCE_ACCURACY, PAIR_FILES, Pair, check_pairs, pair_splits, write_pairs
+from pipelines.tasks.mathqa.pairs import CHANCE_ACCURACY, Pair, check_pairs, pair_splits
 from pipelines.tasks.mathqa.problems import KINDS, TEMPLATES, Problem, verify_answer
-from pipelines.tasks.mathqa.questions import SPLITS, Row, generate_rows, load_split, rebuild
-from pipelines.tasks.textsql.pairs import README_HEADING, update_readme
+from pipelines.tasks.mathqa.questions import Row, generate_rows, load_split, rebuild
+from pipelines.tasks.samples import (
+    PAIR_FILES,
+    README_HEADING,
+    SPLITS,
+    TIERS,
+    CheckReport,
+    kind_table,
+    update_readme,
+    write_jsonl,
+    write_pairs,
+)
 
 KIND_RULES = {
     "off_by_one": "one too many or too few: the fence-post error in counting templates, else a slip of +1 "

@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from pipelines.data.samples import TIERS
 from pipelines.tasks.mathqa.answers import extract_answer
 from pipelines.tasks.mathqa.problems import KINDS
 from pipelines.tasks.mathqa.questions import rebuild
+from pipelines.tasks.samples import TIERS
 
 ERROR_CATEGORIES = ("runaway_generation", "no_number", *KINDS, "other_wrong_answer")
 EXAMPLES_PER_CATEGORY = 3

@@ -19,18 +19,16 @@ Rules, so a pair is right by arithmetic, not by opinion:
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 from pipelines.cli import UserError
-from pipelines.data.samples import read_jsonl, write_jsonl
 from pipelines.tasks.mathqa.answers import extract_answer
 from pipelines.tasks.mathqa.problems import KINDS
-from pipelines.tasks.mathqa.questions import SPLITS, Row, rebuild
+from pipelines.tasks.mathqa.questions import Row, rebuild
+from pipelines.tasks.samples import PAIR_FILES, SPLITS, read_jsonl
 
-PAIR_FILES = {"train": "pairs_train.jsonl", "test": "pairs_test.jsonl"}
 PAIR_KEYS = ("id", "prompt", "chosen", "rejected", "kind", "difficulty")
 CHANCE_ACCURACY = 0.5
 
@@ -67,15 +65,6 @@ def pair_splits(
         )
     counts = {"train": per_question, "test": per_question_test}
     return {split: [p for row in splits[split] for p in question_pairs(row, seed, counts[split])] for split in SPLITS}
-
-
-def write_pairs(data_dir: str | Path, pairs: Mapping[str, Sequence[Pair]]) -> None:
-    for split, name in PAIR_FILES.items():
-        write_jsonl(Path(data_dir) / name, pairs[split])
-
-
-def kind_counts(pairs: Sequence[Pair]) -> Counter[str]:
-    return Counter(pair["kind"] for pair in pairs)
 
 
 def check_pairs(data_dir: Path, splits: Mapping[str, Sequence[Row]]) -> tuple[dict[str, int], list[tuple[str, str]]]:

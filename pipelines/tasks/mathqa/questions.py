@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import UserError
-from pipelines.data.samples import TIERS, read_jsonl
 from pipelines.tasks.mathqa.problems import TEMPLATES, Problem, Template, make_problem
+from pipelines.tasks.samples import TIERS, read_jsonl
 
-SPLITS = ("train", "test")
 DRAWS = 200  # tries for a new question before a template counts as used up
 ROW_KEYS = ("id", "question", "answer", "solution", "difficulty", "template", "params")
 TEMPLATES_BY_NAME = {template.name: template for template in TEMPLATES}

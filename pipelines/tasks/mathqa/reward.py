@@ -19,7 +19,8 @@ from pathlib import Path
 from pipelines.cli import UserError
 from pipelines.models import PROJECT_ROOT
 from pipelines.tasks.mathqa.answers import extract_answer
-from pipelines.tasks.mathqa.questions import SPLITS, load_split
+from pipelines.tasks.mathqa.questions import load_split
+from pipelines.tasks.samples import SPLITS
 
 DATA_ENV = "MATHQA_DATA"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "mathqa"

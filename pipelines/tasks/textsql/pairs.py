@@ -22,18 +22,15 @@ Rules, so a pair is right by execution, not by opinion:
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipelines.cli import UserError
-from pipelines.data.samples import kind_table, write_jsonl
+from pipelines.tasks.samples import PAIR_FILES, README_HEADING, kind_table
 from pipelines.tasks.textsql.execute import execute, has_order_by, results_match
 from pipelines.tasks.textsql.perturb import KINDS, candidates
 
-PAIR_FILES = {"train": "pairs_train.jsonl", "test": "pairs_test.jsonl"}
 CHANCE_ACCURACY = 0.5  # one chosen vs one rejected: guessing is right half of the time
-README_HEADING = "## Preference pairs"
 
 Pair = dict[str, str]
 
@@ -116,17 +113,6 @@ def pair_splits(
     }
 
 
-def write_pairs(data_dir: str | Path, pairs: Mapping[str, Sequence[Pair]]) -> None:
-    """Write pairs_train.jsonl and pairs_test.jsonl into `data_dir`, one JSON object per line."""
-    for split, name in PAIR_FILES.items():
-        write_jsonl(Path(data_dir) / name, pairs[split])
-
-
-def kind_counts(pairs: Sequence[Pair]) -> Counter[str]:
-    """Pairs per perturbation kind."""
-    return Counter(pair["kind"] for pair in pairs)
-
-
 def readme_section(
     pairs: Mapping[str, Sequence[Pair]], seed: int = 0, per_question: int = 1, per_question_test: int = 1
 ) -> list[str]:
@@ -156,14 +142,3 @@ def readme_section(
         *table,
         "",
     ]
-
-
-def update_readme(readme: str | Path, section: Sequence[str]) -> None:
-    """Replace the README's "Preference pairs" section (the last one) with `section`, or append it."""
-    path = Path(readme)
-    if not path.is_file():
-        return
-    text = path.read_text(encoding="utf-8")
-    start = text.find("\n" + README_HEADING + "\n")
-    head = text if start < 0 else text[: start + 1]
-    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(section), encoding="utf-8")

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import UserError
-from pipelines.data.samples import TIERS, CheckReport, read_jsonl, write_jsonl
+from pipelines.tasks.samples import SPLITS, TIERS, CheckReport, read_jsonl, update_readme, write_jsonl, write_pairs
 from pipelines.tasks.textsql.execute import Row, execute, has_order_by, results_match, top_level_view
-from pipelines.tasks.textsql.pairs import pair_splits, readme_section
+from pipelines.tasks.textsql.pairs import Pair, pair_splits, readme_section
 from pipelines.tasks.textsql.schema import SCHEMA_SQL, build_database
 
 DB_NAME = "shop.sqlite"
-SPLITS = ("train", "test")
 
 SQL_STYLE = (
     "keywords and functions in upper case (`SELECT COUNT(*) FROM`), identifiers in lower case",
@@ -459,19 +458,38 @@ def _readme(splits: dict[str, list[dict[str, str]]], seed: int, pairs_section: S
 def write_dataset(
     out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 200
 ) -> dict[str, Counter[str]]:
-    """Write shop.sqlite, train.jsonl, test.jsonl and README.md into `out_dir`; returns tier counts per split."""
+    """Write shop.sqlite, train.jsonl, test.jsonl, the pair files and README.md into `out_dir`; returns tier
+    counts per split."""
     out_dir = Path(out_dir)
     partial = build_database(out_dir / f"{DB_NAME}.partial", seed=seed)
     try:  # files are written only once all questions exist, so a failed request leaves the folder as it was
         splits = generate_rows(partial, seed=seed, n_train=n_train, n_test=n_test)
-        pairs = pair_splits(partial, splits, seed=seed)  # for the README's counts; `pairs` writes the files
+        pairs = pair_splits(partial, splits, seed=seed)
         for split in SPLITS:
             write_jsonl(out_dir / f"{split}.jsonl", sorted(splits[split], key=lambda r: r["id"]))
+        write_pairs(out_dir, pairs)
         (out_dir / "README.md").write_text(_readme(splits, seed, readme_section(pairs, seed)), encoding="utf-8")
         partial.replace(out_dir / DB_NAME)
     finally:
         partial.unlink(missing_ok=True)
     return _counts(splits)
+
+
+def rewrite_pairs(
+    data_dir: Path, seed: int = 0, per_question: int = 1, per_question_test: int = 1
+) -> dict[str, list[Pair]]:
+    """The `pairs` command: pairs from the folder's own splits (so they are held out by question), written
+    with the README's "Preference pairs" section."""
+    db_path = data_dir / DB_NAME
+    if not db_path.is_file():
+        raise UserError(
+            f"{db_path} not found; create it with `python -m pipelines.tasks.textsql generate --out {data_dir}`"
+        )
+    splits = {split: load_split(data_dir, split) for split in SPLITS}
+    pairs = pair_splits(db_path, splits, seed, per_question, per_question_test)
+    write_pairs(data_dir, pairs)
+    update_readme(data_dir / "README.md", readme_section(pairs, seed, per_question, per_question_test))
+    return pairs
 
 
 def load_split(data_dir: str | Path, split: str) -> list[dict[str, str]]:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from pipelines.cli import UserError
 from pipelines.models import PROJECT_ROOT
+from pipelines.tasks.samples import SPLITS
 from pipelines.tasks.textsql.execute import Row, execute, has_order_by, mask_quoted, results_match
-from pipelines.tasks.textsql.questions import DB_NAME, SPLITS, load_split
+from pipelines.tasks.textsql.questions import DB_NAME, load_split
 
 DATA_ENV = "TEXTSQL_DATA"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "textsql"
