@@ -142,6 +142,11 @@ class Paths:
         return self.home / "owner-password"
 
     @property
+    def auth_secret_file(self) -> Path:
+        """The key that signs the UI's login tokens: one for every server process and across restarts."""
+        return self.home / "auth-secret"
+
+    @property
     def lock(self) -> Path:
         return self.home / "start.lock"
 
@@ -459,7 +464,12 @@ def _same_server(state: State, paths: Paths, args: argparse.Namespace) -> None:
 
 
 def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float, processes: int) -> None:
+    if not paths.auth_secret_file.is_file():
+        _write_secret(paths.auth_secret_file, secrets.token_hex(32))
+    # Else Argilla draws a token key in each process: a login made by one server process was refused by the
+    # other (the UI stuck on its splash screen), and every restart logged everybody out.
     env = _server_env(paths, state.redis_port)
+    env["ARGILLA_AUTH_SECRET_KEY"] = paths.auth_secret_file.read_text().strip()
     redis_dir = paths.home / "redis"
     redis_dir.mkdir(exist_ok=True)
     redis_command = [redis, "--port", str(state.redis_port), "--bind", "127.0.0.1", "--dir", str(redis_dir)]
