@@ -112,6 +112,18 @@ def test_queue_progress_and_metrics_follow_the_responses(argilla_server) -> None
     assert by_user[alice["username"]]["pending"]["submitted"] == 10 - len(completed)
     assert by_user[bob["username"]]["completed"]["submitted"] == len(completed)
 
+    # Deleting records takes their responses out of every count (the responses go by cascade).
+    gone = [next(iter(completed)), alice_queue[0], alice_queue[-1]]  # completed; alice alone; not alice
+    owner = {"X-Argilla-Api-Key": argilla_server.api_key}
+    deleted = httpx.delete(f"{base}/datasets/{dataset.id}/records", params={"ids": ",".join(gone)}, headers=owner)
+    assert deleted.status_code == 204, deleted.text
+    progress = httpx.get(f"{base}/datasets/{dataset.id}/progress", headers=owner).json()
+    assert (progress["total"], progress["completed"]) == (27, len(completed) - 1)
+    with http(alice) as h:
+        metrics = h.get(f"/me/datasets/{dataset.id}/metrics").json()["responses"]
+    assert metrics == {"total": 27, "submitted": 8, "discarded": 0, "draft": 0, "pending": 19}
+    assert queue(alice)[1] == 19 and queue(alice, body=SUBMITTED)[1] == 8
+
 
 def test_the_annotator_queue_is_read_from_an_index(argilla_server) -> None:
     """EXPLAIN QUERY PLAN of the engine's queue and count statements on the server's database: index searches only,

@@ -8,8 +8,11 @@ Why the database is the index: Argilla creates one engine instance per request (
 its own), so nothing can live in memory. Records, responses, suggestions and vectors are already in
 the database, so filters, sorting, progress and metrics are queries over those tables, and the
 write hooks Elasticsearch needs (`index_records`, `update_record_response`, ...) have nothing to
-do. The one derived structure is a full-text index (SQLite FTS5) that triggers on `records` keep
-in step inside the same transaction as the write, so a kill -9 can never leave it behind the data.
+do. The derived structures are kept by triggers inside the same transaction as the write, so a kill -9
+can never leave them behind the data: a full-text index (SQLite FTS5), and the counts an annotator
+waits for (records per dataset and status; responses per dataset, user, response status and record
+status), which with an index on `records (dataset_id, status, id)` answer the UI's queue, progress and
+metrics without scanning the dataset (`_queue_page`, `get_dataset_progress`, `users_progress`).
 
 FTS rows: one per (record, field); rowid = doc * 256 + the field's position in its dataset, where
 `doc` is a stable integer per record (`annotation_search_docs`, never reused), so its rows are one rowid
