@@ -1,7 +1,7 @@
 """The Argilla side of the loop: embedded server, dataset schemas, push/pull, aggregation, export.
 
 `python -m annotation server start` runs a real argilla-server 2.8.0 (own venv under the var dir,
-Redis, SQLite, and `search_engine.py`: the project's SQLite/FTS5 search engine, registered with
+Redis, SQLite, and `server/search_engine.py`: the project's SQLite/FTS5 search engine, registered with
 Argilla's engine registry). The dataset commands (`create`, `users`, `push`, `pull`, `export`)
 talk to it, or to an external Argilla named by ARGILLA_API_URL/ARGILLA_API_KEY. The training stages
 read exports, or Argilla directly as `argilla://workspace/dataset` (`sources.py`); the reward export
