@@ -58,7 +58,7 @@ from annotation.unify import (
 from pipelines.cli import CliParser, UserError, cli_entry
 from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
-from pipelines.runner.config import add_config_flags, config_layers, merge_config
+from pipelines.runner.config import add_config_flags, config_layers, merge_config, parse_flags
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
 SFT_FORMATS = ("prompt-completion", "messages")
@@ -358,12 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Pull, unify and export annotations as the stages' training data.",
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("dataset", help="workspace/dataset on the Argilla server (or a name, with --input)")
     parser.add_argument("--input", help="a file written by `python -m annotation pull` instead of the server")
     parser.add_argument("--output_dir", help=f"versions go under this folder (default {DEFAULT_OUTPUT_ROOT}/<dataset>)")
     add_export_flags(parser)
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     config = export_config(args)
     kind, records = read_pulled(Path(args.input)) if args.input else pull_dataset(args.dataset)
     result = build_export(kind, records, config)

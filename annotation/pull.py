@@ -18,6 +18,7 @@ from pathlib import Path
 from annotation.client import pull_dataset
 from annotation.export import DEFAULT_OUTPUT_ROOT, add_export_flags, build_export, export_config, report, write_pulled
 from pipelines.cli import CliParser, cli_entry
+from pipelines.runner.config import parse_flags
 
 
 @cli_entry
@@ -27,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         description=(__doc__ or "").splitlines()[0].split(": ", 1)[1],
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("dataset", help="workspace/dataset")
     parser.add_argument("--output", help=f"JSONL file (default {DEFAULT_OUTPUT_ROOT}/<dataset>/pulled.jsonl)")
     add_export_flags(parser)
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     config = export_config(args)
     kind, records = pull_dataset(args.dataset)
     output = Path(args.output) if args.output else DEFAULT_OUTPUT_ROOT / args.dataset / "pulled.jsonl"

@@ -272,6 +272,7 @@ BAD_INPUT = {
     "unknown config key 'treshold' for step dedup in": ("run", "--config", "{config}"),
     "did you mean 'threshold'?": ("run", "--config", "{config}"),
     "num_proc: 'two' is not a valid int on the command line": ("stats", "--num_proc", "two"),
+    "unknown config key 'treshold' on the command line; did you mean 'threshold'?": ("dedup", "--treshold", "0.9"),
     "unknown step 'dedupe'": ("dedupe",),
 }
 

@@ -34,10 +34,17 @@ from typing import Any, ClassVar
 
 from datasets import Dataset, DatasetDict
 
-from pipelines.cli import UserError, claim_output_dir, cli_entry, mask_passwords
+from pipelines.cli import CliParser, UserError, claim_output_dir, cli_entry, mask_passwords
 from pipelines.data import card, dedup, fields, filters, select, stats
 from pipelines.data.sources import load_source
-from pipelines.runner.config import add_config_flags, config_fields, flag_values, merge_config, read_yaml
+from pipelines.runner.config import (
+    add_config_flags,
+    config_fields,
+    flag_values,
+    merge_config,
+    parse_flags,
+    read_yaml,
+)
 
 Splits = dict[str, Dataset]
 
@@ -445,16 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command != "run" and command not in STEPS:
         raise UserError(f"unknown step {command!r}; choose one of {', '.join(STEPS)}, run")
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog=f"python -m pipelines.data {command}",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", help="YAML file: shared keys, and a `steps:` list (or this step's keys)")
     add_config_flags(parser, CurationConfig)
     if command != "run":
         add_config_flags(parser, STEPS[command], skip=list(config_fields(CurationConfig)))
-    args = parser.parse_args(rest)
+    args = parse_flags(parser, rest)
     values = read_yaml(args.config) if args.config else {}
     if command == "run" and "steps" not in values:
         raise UserError("run needs --config FILE with a `steps:` list")

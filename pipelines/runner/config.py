@@ -195,6 +195,21 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
         parser.add_argument(f"--{name}", default=None, metavar=metavar, help=help_text.replace("%", "%%"))
 
 
+def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args(argv)` where an unknown `--key` is the unknown-key error with the closest key.
+
+    Build the parser with `allow_abbrev=False`: `--max_step 5` must be an unknown key, not `--max_steps`.
+    """
+    args, rest = parser.parse_known_args(argv)
+    valid = sorted(action.dest for action in parser._actions if action.dest != "help")
+    for item in rest:
+        if item.startswith("--"):
+            raise unknown_key_error(item[2:].split("=", 1)[0], valid, "on the command line")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The keys of `cls` given as flags."""
     return {name: getattr(args, name) for name in config_fields(cls) if getattr(args, name, None) is not None}
