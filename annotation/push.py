@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ COMPARISON_ROLES = (
     schemas.BEST_CORRECTION,
 )
 SCALAR = (str, int, float, bool)
+IMPORTER_NAME = "Imported judgements"  # what the UI shows for an --as-responses user
 
 
 def load_rows(spec: str) -> Dataset:
@@ -174,10 +176,18 @@ def _content_id(values: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _ranks_by_score(scores: Sequence[float]) -> list[int]:
+def ranks_by_score(scores: Sequence[float]) -> list[int]:
     """Rank 1 for the highest score; equal scores share a rank."""
     levels = sorted(set(scores), reverse=True)
     return [levels.index(score) + 1 for score in scores]
+
+
+def best_probabilities(scores: Sequence[float]) -> list[float]:
+    """A ranking suggestion's scores (Argilla takes 0..1): each candidate's probability of being the best
+    under the Bradley-Terry model of reward scores (softmax); the raw scores go to the metadata."""
+    top = max(scores)
+    weights = [math.exp(score - top) for score in scores]
+    return [weight / sum(weights) for weight in weights]
 
 
 def _label(question: str, value: Any) -> Any:
@@ -243,7 +253,7 @@ def _comparison_record(row: Mapping[str, Any], mapping: Mapping[str, Any], key: 
             raise ValueError(f"has {len(scores)} scores for {len(candidates)} responses")
         scores = [float(s) for s in scores]
         metadata.update({f"score_{i}": s for i, s in enumerate(scores, start=1)})
-        judgement[schemas.RANKING] = _ranking(names, _ranks_by_score(scores))
+        judgement[schemas.RANKING] = _ranking(names, ranks_by_score(scores))
     if ranks is not None:
         judgement[schemas.RANKING] = _ranking(names, list(ranks))
     return {"fields": fields, "metadata": metadata, "judgement": judgement, "scores": scores}
@@ -271,7 +281,11 @@ def _suggestions(record: Mapping[str, Any], agent: str) -> list[dict[str, Any]]:
             "question_name": question,
             "value": value,
             "agent": agent,
-            **({"score": record["scores"]} if question == schemas.RANKING and record.get("scores") else {}),
+            **(
+                {"score": best_probabilities(record["scores"])}
+                if question == schemas.RANKING and record.get("scores")
+                else {}
+            ),
         }
         for question, value in record["judgement"].items()
     ]
@@ -471,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     respond_as = None
     if args.as_responses:
         workspace, _ = split_address(args.dataset)
-        add_users(workspace, [args.as_responses], "annotator", args.credentials or default_credentials())
+        add_users(workspace, [args.as_responses], "annotator", args.credentials or default_credentials(), IMPORTER_NAME)
         respond_as = str(client.users(args.as_responses).id)
     created, updated = send_records(client, dataset, records, args.batch_size, respond_as)
     required = schemas.REQUIRED[kind]

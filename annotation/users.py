@@ -42,8 +42,14 @@ def default_credentials() -> Path:
     return home_dir() / "annotators.json"
 
 
-def add_users(workspace_name: str, usernames: list[str], role: str, credentials: Path) -> dict[str, str]:
-    """Create missing users with random passwords and add every one to the workspace; username -> action."""
+def add_users(
+    workspace_name: str, usernames: list[str], role: str, credentials: Path, full_name: str | None = None
+) -> dict[str, str]:
+    """Create missing users with random passwords and add every one to the workspace; username -> action.
+
+    `full_name` (first word: first name, the rest: last name) is what the UI shows for a new user, e.g.
+    "Simulated annotator" for the loop's simulated annotators; by default the username.
+    """
     import argilla as rg
     from argilla._exceptions import ArgillaAPIError
 
@@ -59,7 +65,15 @@ def add_users(workspace_name: str, usernames: list[str], role: str, credentials:
             user = client.users(username)
             if user is None:
                 password = secrets.token_urlsafe(12)
-                user = rg.User(username=username, password=password, role=role, client=client).create()
+                first, _, last = (full_name or username).partition(" ")
+                user = rg.User(
+                    username=username,
+                    first_name=first,
+                    last_name=last or None,
+                    password=password,
+                    role=role,
+                    client=client,
+                ).create()
                 new[username] = {"password": password, "role": role, "url": client.api_url}
                 actions[username] = "created"
             else:

@@ -5,6 +5,7 @@ errors for bad input (most of them need no server: the data is checked before an
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import threading
@@ -111,7 +112,8 @@ def test_pairs_are_shown_in_an_order_the_id_fixes_and_the_judgement_becomes_a_su
         ranks = {item["value"]: item["rank"] for item in suggestion["value"]}
         assert ranks[good] == 1 and sorted(ranks.values()) == [1, 2]
         assert record["metadata"][good.replace("response", "score")] == 2.0
-        assert suggestion["score"] == [record["metadata"]["score_1"], record["metadata"]["score_2"]]
+        # the suggestion's scores: each candidate's Bradley-Terry probability of being best, e / (1 + e) for chosen
+        assert suggestion["score"][int(good[-1]) - 1] == pytest.approx(math.e / (1 + math.e))
     assert build_records(rows, "comparison", agent="import: pairs.jsonl") == records  # deterministic
 
 
