@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("annotation.push", "push records from a file or dataset (idempotent on record ids)"),
     "pull": ("annotation.pull", "pull every annotator's answers; agreement and per-annotator counts"),
     "export": ("annotation.export", "unify answers and write SFT / reward data (versioned HF dataset, JSONL, CSV)"),
+    "loop": ("annotation.loop", "run|status|collect a round of the human-feedback loop (policy -> people -> retrain)"),
 }
 
 

@@ -297,7 +297,7 @@ def test_stage_flag_null_unsets_an_optional_yaml_key_but_report_to_none_stays_a_
 def test_light_clis_import_no_torch_transformers_or_trl() -> None:
     """`python -m annotation --help`, `export` and the config loader must start in a fraction of a second."""
     code = (
-        "import sys, annotation.cli, annotation.export, annotation.pull, pipelines.runner.config;"
+        "import sys, annotation.cli, annotation.export, annotation.pull, annotation.loop, pipelines.runner.config;"
         "print(sorted(m for m in ('torch', 'transformers', 'trl', 'argilla') if m in sys.modules))"
     )
     done = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
