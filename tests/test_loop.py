@@ -8,6 +8,7 @@ and the one-line errors for bad input, the server stopping included."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import yaml
 
 from annotation.loop import AGENT, TABLE
 from annotation.push import best_probabilities, ranks_by_score
+from pipelines.eval.report import fmt
 from tests.conftest import REPO_ROOT, ArgillaServer, cli_command, cli_env
 
 TINY = "configs/loop/tiny.yaml"
@@ -207,7 +209,9 @@ def test_one_full_round_with_simulated_annotators(loop: Loop, tiny_reward_model:
     table = (out / "rounds.md").read_text().splitlines()
     assert table[0] == "| " + " | ".join(title for title, _ in TABLE) + " |" and table[2].startswith("| 1 | ")
     assert json.loads((out / "rounds.json").read_text()) == [figures]
-    assert (out / "report.html").is_file()
+    path = html.escape(json.dumps([0, "reward_accuracy"]))  # the report's loop table, each cell naming its source
+    cell = f'data-file="./rounds.json" data-path="{path}">{fmt(figures["reward_accuracy"])}</td>'
+    assert cell in (out / "report.html").read_text()
     assert "round 1 done" in loop.first_stdout  # type: ignore[attr-defined]
 
 

@@ -15,7 +15,9 @@ Found under the run folder, and for a comparison also in the compared models' ow
 - every `metrics.jsonl` / `summary.json`: curves (loss, learning rate; reward-model accuracy and
   margin; PPO reward, KL, response length, entropy, losses), the summary figures, `reward_eval.png`;
 - every `comparison.json`: the metric table per model, win rates, a response-length histogram,
-  error analysis (failure categories with examples) and a sample of the generations side by side.
+  error analysis (failure categories with examples) and a sample of the generations side by side;
+- every `rounds.json` (`python -m annotation loop`): one row per round of the human-feedback loop with
+  each of its numbers (agreement with the reward model's suggestions, alpha, accuracies, reward, KL).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pipelines.runner import METRICS_FILE, SUMMARY_FILE
 COMPARISON_FILE = "comparison.json"
 GENERATIONS_FILE = "generations.jsonl"
 REPORT_FILE = "report.html"
+ROUNDS_FILE = "rounds.json"
 SIDE_BY_SIDE_ROWS = 12  # a sample: the full list is in generations.md / generations.jsonl
 
 # Training-curve panels: (title, metrics.jsonl keys drawn together); a panel with no points is left out.
@@ -451,6 +454,15 @@ def _comparison_section(folder: Path, run_dir: Path) -> tuple[str, str]:
     )
 
 
+def _rounds_section(path: Path, run_dir: Path) -> tuple[str, str]:
+    """(heading, HTML) of a loop's table: a row per round, a column per number it recorded."""
+    rows = [dict(_flatten(row)) for row in json.loads(path.read_text(encoding="utf-8"))]
+    file = f"{_relative(path.parent, run_dir)}/{ROUNDS_FILE}"
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    cells = [[_num(row[c], file, [i, *c]) if c in row else _cell("") for c in columns] for i, row in enumerate(rows)]
+    return f"Human-feedback loop: {_relative(path.parent, run_dir)}", _table([".".join(c) for c in columns], cells)
+
+
 # -- the page ---------------------------------------------------------------------------------
 
 
@@ -463,7 +475,9 @@ def build_report(run_dir: Path) -> str:
             f"nothing to report in {run_dir}: no {METRICS_FILE}, {SUMMARY_FILE} or {COMPARISON_FILE} below it "
             "(point --run_dir at a stage's output_dir or a demo run folder)"
         )
-    sections = [_comparison_section(folder, run_dir) for folder in comparisons]
+    rounds = sorted(p for p in run_dir.rglob(ROUNDS_FILE) if _not_checkpoint(p.relative_to(run_dir)))
+    sections = [_rounds_section(path, run_dir) for path in rounds]
+    sections += [_comparison_section(folder, run_dir) for folder in comparisons]
     sections += [_run_section(folder, run_dir) for folder in runs]
     nav = "".join(f'<a href="#s{i}">{_esc(heading)}</a>' for i, (heading, _) in enumerate(sections))
     body = "\n".join(f'<h2 id="s{i}">{_esc(heading)}</h2>\n{part}' for i, (heading, part) in enumerate(sections))
