@@ -4,7 +4,9 @@ candidates of each record (one record by drag and drop, the other with the widge
 submits; then `python -m annotation pull` and `export` give exactly the chosen/rejected pairs that this
 ranking implies. Screenshots: test-artifacts/annotation_ranking.png (a ranked record before Submit) and
 test-artifacts/annotation_submitted.png (a submitted record as the UI loads it back from the server); on a
-failure, test-artifacts/annotation_failure.png shows what the UI showed instead."""
+failure, test-artifacts/annotation_failure.png shows what the UI showed instead. And a record of the
+human-feedback loop opens with the reward model's ranking already in the slots
+(test-artifacts/loop_suggested_ranking.png)."""
 
 from __future__ import annotations
 
@@ -199,3 +201,64 @@ def test_an_annotator_ranks_in_the_ui_and_the_export_has_exactly_those_pairs(
         for better, worse in itertools.combinations(BEST_FIRST[record["id"]], 2)
     ]
     assert [(r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in exported] == expected
+
+
+def test_a_loop_record_shows_the_reward_models_suggested_ranking(argilla_server: ArgillaServer, tmp_path: Path) -> None:
+    """A record as `python -m annotation loop` pushes it (the loop's own record building and push, on a round
+    whose candidates and reward-model scores are given): the annotator opens it and finds the reward model's
+    ranking already in the ranking slots, best first. Screenshot: test-artifacts/loop_suggested_ranking.png."""
+    import argilla as rg
+    from playwright.sync_api import expect, sync_playwright
+
+    from annotation.loop import LoopConfig, Round, loop_dataset, push
+
+    workspace = f"ui{uuid.uuid4().hex[:8]}"
+    annotator = f"{workspace}ann"
+    added = annotation_cli(argilla_server, "users", "add", workspace, annotator)
+    password = json.loads(Path(added["credentials"]).read_text())[annotator]["password"]
+    config = LoopConfig(dataset=f"{workspace}/loop", candidates=3, min_submitted=1)
+    current = Round(1, tmp_path / "loop")
+    prompt = "How many customers live in Lyon?"
+    answers = ["SELECT COUNT(*) FROM customers WHERE city = 'Lyon';", "SELECT * FROM customers;", "SELECT city;"]
+    sampled = {
+        "policy": "runs/ppo-smollm2",
+        "reward_model": "runs/reward-smollm2",
+        "records_detail": [
+            {"id": current.record_id(prompt), "prompt": prompt, "candidates": answers, "scores": [2.5, -1.0, 0.3]}
+        ],
+    }
+    client = rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.api_key)
+    push(config, current, client, loop_dataset(client, config), sampled)
+    [record] = client.datasets("loop", workspace=workspace).records.to_list(flatten=False)
+    shown = {record["fields"][f"response_{i}"]: f"response_{i}" for i in (1, 2, 3)}
+    suggested = [shown[answers[i]] for i in (0, 2, 1)]  # by score, best first: 2.5, 0.3, -1.0
+
+    Path(artifact("loop_failure.png")).unlink(missing_ok=True)
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.set_default_timeout(TIMEOUT_MS)
+            page.route(
+                "**/*",
+                lambda route: route.continue_() if route.request.url.startswith(argilla_server.url) else route.abort(),
+            )
+            page.goto(f"{argilla_server.url}/sign-in")
+            page.get_by_label("Username").fill(annotator)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("link", name="loop").click()
+            expect(page.get_by_text(prompt, exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+            # the slots are pre-filled from the suggestion: each card with its probability of being best and the agent
+            slots = page.get_by_label("Question: ranking").locator(".draggable__slot-box")
+            best = dict(zip(suggested, ("0.9", "0.1", "0.0"), strict=True))  # softmax of 2.5, 0.3, -1.0
+            agent = r"Suggestion\s*reward-model: runs/reward-smollm2 round 1"
+            cards = [rf"^\s*{title(name)}\s+{rank}\s+{best[name]}\s+{agent}$" for rank, name in enumerate(suggested, 1)]
+            expect(slots).to_have_text([re.compile(card) for card in cards], timeout=TIMEOUT_MS)
+            page.screenshot(path=artifact("loop_suggested_ranking.png"), full_page=True)
+            assert json.loads((current.dir / "pushed.json").read_text())["url"] == page.url.split("?")[0]
+        except BaseException:
+            page.screenshot(path=artifact("loop_failure.png"))
+            raise
+        finally:
+            browser.close()
