@@ -1,6 +1,6 @@
 """annotation_load: annotators working their queues on the embedded Argilla, from 10,000 to 1,000,000 records.
 
-    python -m bench.annotation_load                         # 10,000 and 1,000,000 records (~15 min on 2 cores)
+    python -m bench.annotation_load                         # 10,000 and 1,000,000 records (40 min here, mostly ingest)
     python -m bench.annotation_load --quick                 # 2,000 and 20,000 records, short runs: a smoke test
 
 Every simulated annotator works as the UI's focus view does, over plain REST with its own API key:
