@@ -6,6 +6,7 @@
 
 Works on any model folder the stages write (base, SFT, merged LoRA, LoRA adapter, PPO), using
 the model's chat template and stopping at its eos token. Single prompts stream token by token.
+Weights are loaded in `--precision` (auto: bf16 where the CPU multiplies bf16 natively, else fp32).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pipelines.cli import UserError, cli_entry
+from pipelines.runner import add_precision_flag
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "text")
 
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         default=32,
         help="with --input: prompts per generate() call",
     )
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     if args.max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens must be > 0, got {args.max_new_tokens}")
@@ -99,10 +102,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import ModelConfig
 
-    from pipelines.runner import generate_texts, load_model, load_tokenizer
+    from pipelines.runner import announce_precision, generate_texts, load_model, load_tokenizer, resolve_precision
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, ModelConfig(), use_bf16=False)
+    precision = announce_precision(resolve_precision(args.precision))
+    model = load_model(args.model, ModelConfig(), precision.bf16)
     if prompts is not None:
         generations, stats = generate_texts(
             model,

@@ -51,15 +51,6 @@ CHATML_TEMPLATE = (
 )
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16 matmuls ran 4.5x
-    faster than fp32 (825 vs 182 GFLOP/s, 2 cores); on AVX2-only CPUs they are emulated and >100x slower."""
-    import torch
-
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent means unknown, so no
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
 def local_models() -> list[str]:
     """Names of the model folders under `models/` (those with a config.json)."""
     if not MODELS_DIR.is_dir():

@@ -66,13 +66,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def use_bf16(precision: str) -> bool:
     """`auto`: bf16 where the CPU computes it natively (or on a GPU), else fp32."""
-    import torch
+    from pipelines.runner.precision import resolve_precision
 
-    from pipelines.models import cpu_has_native_bf16
-
-    if precision == "auto":
-        return torch.cuda.is_available() or cpu_has_native_bf16()
-    return precision == "bf16"
+    return resolve_precision(precision).bf16
 
 
 def embed(texts: Sequence[str], encoder: Any, batch_size: int, precision: str = "fp32") -> np.ndarray:

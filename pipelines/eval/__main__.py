@@ -17,6 +17,8 @@ Any list of model folders works; `--data` takes any data source with question/an
 `--verifier auto` picks the judge from the data: math rows (pipelines.tasks.mathqa) by their final number,
 text-to-SQL rows by executing the answer on `--db`. `--lm_eval_tasks arc_easy,hellaswag` also
 runs lm-evaluation-harness tasks when it is installed and online (pipelines/eval/harness.py).
+Models and the reward model are loaded in `--precision` (auto: bf16 where the CPU multiplies bf16
+natively, else fp32; the reward model's score head computes in fp32 either way).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pipelines.eval.report import COMPARISON_FILE, write_report
 from pipelines.eval.verifiers import CHOICES as VERIFIERS
 from pipelines.eval.verifiers import pick_verifier
 from pipelines.models import PROJECT_ROOT
+from pipelines.runner import add_precision_flag
 
 DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
 DEFAULT_DB = PROJECT_ROOT / "data" / "textsql" / "shop.sqlite"
@@ -43,7 +46,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from trl import ModelConfig
 
     from pipelines.eval.compare import compare_models, win_rates
-    from pipelines.runner import Generation, load_model, load_scalar_model, load_tokenizer, score_conversations
+    from pipelines.runner import (
+        Generation,
+        announce_precision,
+        load_model,
+        load_scalar_model,
+        load_tokenizer,
+        resolve_precision,
+        score_conversations,
+    )
 
     names = args.names or [Path(m).name for m in args.models]
     if len(names) != len(args.models):
@@ -59,9 +70,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if not prompts:
         raise UserError(f"{args.data} has no prompt/answer pairs to compare on")
     tokenizer = load_tokenizer(args.models[0])
+    precision = announce_precision(resolve_precision(args.precision))
     reward_model = None
     if args.reward_model:
-        reward_model = load_scalar_model(args.reward_model, trained_head=True)
+        reward_model = load_scalar_model(args.reward_model, use_bf16=precision.bf16, trained_head=True)
         reward_tokenizer = load_tokenizer(args.reward_model)
     reports: list[dict[str, Any]] = []  # one verifier report per model, in order
     reward_scores: list[list[float]] = []  # one list of per-prompt scores per model, in order
@@ -84,7 +96,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         return metrics
 
     loaders = {
-        name: (lambda m=model: load_model(m, ModelConfig(), use_bf16=False))
+        name: (lambda m=model: load_model(m, ModelConfig(), precision.bf16))
         for name, model in zip(names, args.models, strict=True)
     }
     results = compare_models(
@@ -103,6 +115,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": len(prompts),
         "models": dict(zip(names, args.models, strict=True)),
         "reward_model": args.reward_model,
+        "precision": precision.as_dict(),
         "verifier": {"name": verifier.name, "metric": verifier.metric, "judges_by": verifier.judges_by}
         if verifier
         else None,
@@ -162,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--samples", type=int, default=64, help="how many held-out prompts")
     cmp.add_argument("--max_new_tokens", type=int, default=64)
     cmp.add_argument("--batch_size", type=int, default=32)
+    add_precision_flag(cmp)
     cmp.add_argument("--output_dir", type=Path, required=True)
     cmp.add_argument(
         "--lm_eval_tasks", help="comma-separated lm-evaluation-harness tasks (arc_easy,hellaswag,...); needs lm-eval"

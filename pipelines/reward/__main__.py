@@ -5,6 +5,8 @@ r"""Reward model training with TRL's `RewardTrainer`, and scoring with a trained
     python -m pipelines.reward --config configs/reward/tiny.yaml --output_dir runs/tiny-rm
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \
         -m pipelines.reward --config configs/reward/tiny.yaml
+    # fp32 even where the CPU multiplies bf16 natively (precision: auto picks bf16 there)
+    python -m pipelines.reward --config configs/reward/default.yaml --precision fp32
     # score prompt/response rows (JSONL/CSV/...): writes one JSON line per row with its score
     python -m pipelines.reward score --model runs/rm --input answers.jsonl --output scored.jsonl
 
@@ -32,17 +34,22 @@ from pipelines.data.sources import DataArguments, load_source, load_splits, metr
 from pipelines.eval.reward import pairwise_report
 from pipelines.runner import (
     MetricsLogger,
+    PrecisionArguments,
     RunArguments,
     UserError,
+    add_precision_flag,
+    announce_precision,
     cli_entry,
     load_scalar_model,
     load_tokenizer,
     lora_config,
     parse_config,
+    resolve_precision,
     score_conversations,
     stage_defaults,
     start_run,
     train_evaluate_save,
+    training_precision,
     write_summary,
 )
 
@@ -102,24 +109,21 @@ def evaluate_pairs(trainer: RewardTrainer, tokenizer: Any, eval_pairs: Any, batc
 
 
 def train_main(argv: list[str]) -> None:
-    data_args, pref_args, run_args, training_args, model_args = parse_config(
-        [DataArguments, PreferenceArguments, RunArguments, RewardConfig, ModelConfig],
+    data_args, pref_args, precision_args, run_args, training_args, model_args = parse_config(
+        [DataArguments, PreferenceArguments, PrecisionArguments, RunArguments, RewardConfig, ModelConfig],
         argv,
         defaults={**stage_defaults(), "lora_task_type": "SEQ_CLS"},
         prog="python -m pipelines.reward",
     )
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (the SFT output, a folder under models/, or a hub id)")
+    precision = training_precision(precision_args.precision, training_args)
     resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_pairs, eval_pairs = build_pairs(data_args, pref_args, training_args.seed)
-    # from a causal LM (e.g. the SFT output) the score head starts fresh
+    # from a causal LM (e.g. the SFT output) the score head starts fresh; fp32 master weights, bf16 by autocast
     model = load_scalar_model(
-        model_args.model_name_or_path,
-        model_args,
-        training_args.bf16,
-        trained_head=False,
-        pad_token_id=tokenizer.pad_token_id,
+        model_args.model_name_or_path, model_args, trained_head=False, pad_token_id=tokenizer.pad_token_id
     )
     trainer = RewardTrainer(
         model=model,
@@ -134,9 +138,10 @@ def train_main(argv: list[str]) -> None:
         **report_length_filter("train", len(train_pairs), len(trainer.train_dataset), training_args.max_length),
         **report_length_filter("eval", len(eval_pairs), len(trainer.eval_dataset), training_args.max_length),
     }
-    configs = (data_args, pref_args, run_args, training_args, model_args)
+    configs = (data_args, pref_args, precision_args, run_args, training_args, model_args)
     # The held-out pairs are scored once below (per-pair scores feed the plots): no second TRL evaluate pass.
     summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from, evaluate=False)
+    summary["precision"] = precision.as_dict()
     summary["data"] = data_report
     if PartialState().is_main_process:
         summary["pairwise"] = evaluate_pairs(trainer, tokenizer, eval_pairs, training_args.per_device_eval_batch_size)
@@ -155,6 +160,7 @@ def score_main(argv: list[str]) -> None:
     parser.add_argument("--output", type=Path, help="JSONL output (default: stdout)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_length", type=int, default=None)
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     rows = load_source(args.input)
     rows = rows["train"] if hasattr(rows, "keys") else rows
@@ -163,7 +169,8 @@ def score_main(argv: list[str]) -> None:
     if response_field is None:
         raise UserError(f"{args.input} needs a response column ({', '.join(RESPONSE_FIELDS)}); has {rows.column_names}")
     tokenizer = load_tokenizer(args.model)
-    model = load_scalar_model(args.model, trained_head=True)
+    precision = announce_precision(resolve_precision(args.precision))
+    model = load_scalar_model(args.model, use_bf16=precision.bf16, trained_head=True)
     conversations = [
         ([{"role": "user", "content": str(row[prompt_field])}] if prompt_field else [])
         + [{"role": "assistant", "content": str(row[response_field])}]

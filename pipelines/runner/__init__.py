@@ -28,6 +28,15 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "shared_prefix_length",
     ),
     "pipelines.runner.modeling": ("load_model", "load_tokenizer", "lora_config", "score_labelled_tokens_only"),
+    "pipelines.runner.precision": (
+        "PRECISIONS",
+        "Precision",
+        "PrecisionArguments",
+        "add_precision_flag",
+        "announce_precision",
+        "resolve_precision",
+        "training_precision",
+    ),
     "pipelines.runner.run": (
         "METRICS_FILE",
         "SUMMARY_FILE",

@@ -1,4 +1,4 @@
-"""Model and tokenizer loading for every stage: dtype, LoRA (peft), QLoRA, merged export."""
+"""Model and tokenizer loading for every stage: dtype (see `precision.py`), LoRA (peft), QLoRA, merged export."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from pipelines.models import resolve_model
 
 
 def torch_dtype(model_args: ModelConfig, use_bf16: bool) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are >100x slower there); the requested dtype on accelerators."""
-    if model_args.dtype not in (None, "auto"):
+    """fp32 unless `use_bf16` (a frozen or generation model under bf16 precision); `dtype: bfloat16|float16`
+    (not TRL's default float32, nor auto) is the user's explicit choice and wins."""
+    if model_args.dtype not in (None, "auto", "float32"):
         return getattr(torch, model_args.dtype)
-    return torch.bfloat16 if use_bf16 and torch.cuda.is_available() else torch.float32
+    return torch.bfloat16 if use_bf16 else torch.float32
 
 
 def check_quantization(model_args: ModelConfig) -> None:
@@ -78,23 +79,52 @@ def model_kwargs(model_args: ModelConfig, use_bf16: bool) -> dict[str, Any]:
 def load_model(
     name_or_path: str,
     model_args: ModelConfig,
-    use_bf16: bool,
+    use_bf16: bool = False,
     auto_class: type = AutoModelForCausalLM,
     **extra: Any,
 ) -> PreTrainedModel:
-    """Load a (local or hub) model; a LoRA adapter folder loads with its base model."""
+    """Load a (local or hub) model; a LoRA adapter folder loads with its base model.
+
+    Weights are fp32 (a model to train: its weights are the master weights, bf16 comes from autocast)
+    unless `use_bf16` (`Precision.bf16` for a frozen or generation model). A one-output head computes in
+    fp32 either way (`fp32_score_head`).
+    """
     path = resolve_model(name_or_path)
     kwargs = model_kwargs(model_args, use_bf16) | extra
     try:
         if (Path(path) / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
-            return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
-        return auto_class.from_pretrained(path, **kwargs)
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+        else:
+            model = auto_class.from_pretrained(path, **kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         reason = "the hub is offline" if offline else str(err).splitlines()[0]
         raise UserError(f"cannot load model {name_or_path!r}: {reason}") from None
+    return fp32_score_head(model)
+
+
+class Fp32Linear(torch.nn.Linear):
+    """A linear layer that computes in fp32 whatever its weights' dtype and any autocast around it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return torch.nn.functional.linear(x.float(), self.weight.float(), bias)
+
+
+def fp32_score_head(model: PreTrainedModel) -> PreTrainedModel:
+    """Make a classifier's `score` head (reward and value models) output fp32 scores.
+
+    Under bf16 autocast or with bf16 weights the head would round a reward to bf16 (8 bits of mantissa:
+    a score of 3.5 moves in steps of 0.016); in fp32 it costs nothing (one hidden-size dot product per
+    position). The class is swapped in place, so parameters and state-dict keys stay as they are.
+    """
+    head = getattr(model, "score", None)
+    if type(head) is torch.nn.Linear:
+        head.__class__ = Fp32Linear
+    return model
 
 
 def lora_config(model_args: ModelConfig):

@@ -89,11 +89,12 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 
 def stage_defaults() -> dict[str, Any]:
-    """Defaults every stage starts from before its YAML: fp32 on CPU, TensorBoard, CPU ranks."""
+    """Defaults every stage starts from before its YAML: TensorBoard, CPU ranks, and `bf16` off — TRL's
+    configs turn it on by default, and `precision` (`runner/precision.py`) is what decides it now."""
     import torch
 
     return {
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "bf16": False,
         "report_to": ["tensorboard"],
         "dataloader_pin_memory": torch.cuda.is_available(),
         # without it TrainingArguments ignores the process group that `accelerate launch` set up on CPU

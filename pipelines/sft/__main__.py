@@ -6,6 +6,8 @@
     python -m pipelines.sft --config configs/sft/default.yaml --use_peft true --learning_rate 5e-4
     # two processes on this CPU (DDP over gloo); GPU configs live beside it
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipelines.sft --config configs/sft/tiny.yaml
+    # fp32 even where the CPU multiplies bf16 natively (precision: auto picks bf16 there)
+    python -m pipelines.sft --config configs/sft/default.yaml --precision fp32
 
 Data shapes (text, prompt/completion, instruction/context/response, question/answer,
 input/output, messages) are detected by column names or set with `columns`; see
@@ -33,6 +35,8 @@ from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
 from pipelines.eval.compare import compare_models
 from pipelines.runner import (
     MetricsLogger,
+    Precision,
+    PrecisionArguments,
     RunArguments,
     UserError,
     cli_entry,
@@ -44,6 +48,7 @@ from pipelines.runner import (
     stage_defaults,
     start_run,
     train_evaluate_save,
+    training_precision,
     write_summary,
 )
 
@@ -83,13 +88,14 @@ def build_datasets(data_args: DataArguments, tokenizer: Any, training_args: SFTC
 
 
 def generation_eval(
-    trainer: SFTTrainer,
+    output_dir: Path,
     tokenizer: Any,
     eval_dataset: Any,
-    base_model: str,
     model_args: ModelConfig,
     args: GenerationEvalArguments,
+    precision: Precision,
 ) -> dict[str, Any]:
+    """The base model and the saved tuned one answer the same held-out prompts, weights in the run's precision."""
     prompts, references = generation_pairs(eval_dataset)
     prompts, references = (
         prompts[: args.eval_generation_samples],
@@ -97,16 +103,18 @@ def generation_eval(
     )
     if not prompts:
         return {}
-    loaders = {}
-    if args.compare_base:
-        loaders["base"] = lambda: load_model(base_model, model_args, trainer.args.bf16).to(trainer.model.device)
-    loaders["tuned"] = lambda: trainer.model
+    device = PartialState().device
+    models = {"base": model_args.model_name_or_path} if args.compare_base else {}
+    models["tuned"] = str(output_dir)
+    loaders = {
+        name: (lambda m=path: load_model(m, model_args, precision.bf16).to(device)) for name, path in models.items()
+    }
     return compare_models(
         loaders,
         tokenizer,
         prompts,
         references,
-        Path(trainer.args.output_dir),
+        output_dir,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.generation_batch_size,
     )
@@ -114,8 +122,8 @@ def generation_eval(
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    data_args, gen_args, run_args, training_args, model_args = parse_config(
-        [DataArguments, GenerationEvalArguments, RunArguments, SFTConfig, ModelConfig],
+    data_args, gen_args, precision_args, run_args, training_args, model_args = parse_config(
+        [DataArguments, GenerationEvalArguments, PrecisionArguments, RunArguments, SFTConfig, ModelConfig],
         argv,
         defaults=stage_defaults(),
         prog="python -m pipelines.sft",
@@ -124,10 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("no model: set model_name_or_path (a folder under models/, a path, or a hub id)")
     if gen_args.max_new_tokens <= 0:
         raise UserError(f"max_new_tokens must be > 0, got {gen_args.max_new_tokens}")
+    precision = training_precision(precision_args.precision, training_args)
     resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
-    model = load_model(model_args.model_name_or_path, model_args, training_args.bf16)
+    model = load_model(model_args.model_name_or_path, model_args)  # fp32 master weights, bf16 by autocast
     score_labelled_tokens_only()
     trainer = SFTTrainer(
         model=model,
@@ -138,19 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=lora_config(model_args),
         callbacks=[MetricsLogger(training_args.output_dir)],
     )
-    configs = (data_args, gen_args, run_args, training_args, model_args)
+    configs = (data_args, gen_args, precision_args, run_args, training_args, model_args)
     summary, output_dir = train_evaluate_save(trainer, run_args, configs, tokenizer, resume_from)
+    summary["precision"] = precision.as_dict()
     summary["eval"]["eval_perplexity"] = math.exp(min(summary["eval"]["eval_loss"], 50.0))
     summary["data"] = {"train_examples": len(train_dataset), "eval_examples": len(eval_dataset)}
     if PartialState().is_main_process and gen_args.eval_generation_samples > 0:
-        summary["generation"] = generation_eval(
-            trainer,
-            tokenizer,
-            eval_dataset,
-            model_args.model_name_or_path,
-            model_args,
-            gen_args,
-        )
+        summary["generation"] = generation_eval(output_dir, tokenizer, eval_dataset, model_args, gen_args, precision)
     write_summary(output_dir, summary)
     if PartialState().is_main_process:
         print(f"done: model, metrics.jsonl, summary.json and generations.md in {output_dir}")
