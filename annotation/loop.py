@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
+from datasets import DatasetDict
 
 from annotation import loop_annotators, schemas
 from annotation.client import connect, dataset_exists, dataset_kind, fetch_records, find_dataset, split_address
@@ -68,6 +69,7 @@ from pipelines.data.formats import to_prompts
 from pipelines.data.preferences import PAIR_RULES
 from pipelines.data.sources import load_source
 from pipelines.models import resolve_model
+from pipelines.runner import PRECISIONS
 from pipelines.runner.config import add_config_flags, config_layers, merge_config, parse_flags, read_yaml
 
 if TYPE_CHECKING:
@@ -116,6 +118,13 @@ class LoopConfig:
         default=2, metadata={"help": "sampling passes for prompts still short of K distinct answers"}
     )
     batch_size: int = dataclasses.field(default=32, metadata={"help": "rows per generation / scoring batch"})
+    precision: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "sampling and scoring: bf16 where the CPU multiplies it natively (auto)",
+            "choices": PRECISIONS,
+        },
+    )
     seed: int = dataclasses.field(default=0, metadata={"help": "prompt order and sampling seed"})
     push_batch_size: int = dataclasses.field(
         default=500, metadata={"help": "records per push request (the server takes at most 500)"}
@@ -189,12 +198,16 @@ class LoopConfig:
 # ---------------------------------------------------------------------------- files
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Written beside and renamed into place: a reader sees the whole file or none."""
+def write_whole(path: Path, text: str) -> None:
+    """Written beside and renamed into place: a reader (or a rerun after a kill) sees the whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_whole(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -251,8 +264,6 @@ def current_round(root: Path) -> Round:
 def round_prompts(config: LoopConfig, number: int) -> tuple[list[list[dict[str, str]]], dict[str, str]]:
     """(chat prompts of round `number`, prompt text -> reference answer): a seeded shuffle of the prompt
     set, `prompts_per_round` per round, each round the next slice."""
-    from datasets import DatasetDict
-
     rows = load_source(config.prompts)
     rows = rows["train"] if isinstance(rows, DatasetDict) else rows
     messages = to_prompts(rows, config.columns or None, config.system_prompt)
@@ -298,7 +309,7 @@ def loop_dataset(client: rg.Argilla, config: LoopConfig) -> rg.Dataset:
 @contextmanager
 def server_step(step: str, current: Round) -> Iterator[None]:
     """A server that stops answering mid-step is a one-line error; the step's output is not written."""
-    from argilla._exceptions import InternalServerError
+    from argilla._exceptions import InternalServerError  # here: the SDK costs a second to import, `--help` none
 
     try:
         yield
@@ -324,7 +335,9 @@ def sample(
 ) -> dict[str, Any]:
     # imported here, not at the top: torch and the models are needed by this step only (`loop status` stays quick)
     from annotation.loop_candidates import sample_candidates, score_candidates
+    from pipelines.runner import announce_precision, resolve_precision
 
+    precision = announce_precision(resolve_precision(config.precision))
     policy, reward_model = current.policy(config), current.reward_model(config)
     answers = sample_candidates(
         policy,
@@ -336,9 +349,10 @@ def sample(
         max_draws=config.max_draws,
         batch_size=config.batch_size,
         seed=config.seed + current.number,
+        precision=precision,
     )
     kept = [(prompt, texts) for prompt, texts in zip(prompts, answers, strict=True) if len(texts) == config.candidates]
-    scores = score_candidates(reward_model, [p for p, _ in kept], [t for _, t in kept], config.batch_size)
+    scores = score_candidates(reward_model, [p for p, _ in kept], [t for _, t in kept], config.batch_size, precision)
     records = []
     for (prompt, texts), score in zip(kept, scores, strict=True):
         text = prompt[-1]["content"]
@@ -548,11 +562,8 @@ def run_stage(module: str, *args: Any) -> None:
 
 def stage_config(base: str, overrides: dict[str, Any], fixed: dict[str, Any], path: Path) -> Path:
     """`base` YAML + the loop's overrides + what the round fixes (models, data, output), saved in the round."""
-    write_yaml = {**read_yaml(base), **overrides, **fixed}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(f"# written by python -m annotation loop from {base}\n" + yaml.safe_dump(write_yaml), "utf-8")
-    os.replace(partial, path)
+    values = {**read_yaml(base), **overrides, **fixed}
+    write_whole(path, f"# written by python -m annotation loop from {base}\n" + yaml.safe_dump(values))
     return path
 
 
@@ -568,10 +579,7 @@ def heldout_pairs(config: LoopConfig) -> Path:
     if not path.is_file():
         rows = load_source(config.heldout_pairs)
         rows = rows.select(range(min(config.heldout_pair_count, len(rows))))
-        partial = path.with_name(f".{path.name}.partial")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        os.replace(partial, path)
+        write_whole(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
 
 
@@ -671,7 +679,7 @@ def finish(config: LoopConfig, current: Round, collected: dict[str, Any]) -> dic
     write_json(current.dir / ROUND_FILE, row)
     rows = [read_json(path) for path in sorted(current.root.glob(f"round-*/{ROUND_FILE}"))]
     write_json(current.root / f"{ROUNDS_TABLE}.json", rows)
-    (current.root / f"{ROUNDS_TABLE}.md").write_text(rounds_table(rows), encoding="utf-8")
+    write_whole(current.root / f"{ROUNDS_TABLE}.md", rounds_table(rows))
     run_stage("pipelines.eval", "report", "--run_dir", current.root)
     return row
 

@@ -21,6 +21,7 @@ from trl import ModelConfig
 
 from pipelines.runner import (
     Messages,
+    Precision,
     generate_texts,
     load_model,
     load_scalar_model,
@@ -66,10 +67,11 @@ def sample_candidates(
     max_draws: int,
     batch_size: int,
     seed: int,
+    precision: Precision,
 ) -> list[list[str]]:
     """Up to `count` distinct non-empty answers per prompt, in the order they were drawn."""
     tokenizer = load_tokenizer(policy)
-    model = load_model(policy, ModelConfig())
+    model = load_model(policy, ModelConfig(), precision.bf16)
     torch.manual_seed(seed)
     distinct: list[list[str]] = [[] for _ in prompts]
     with top_p_filter(model, top_p, temperature):
@@ -99,10 +101,11 @@ def score_candidates(
     prompts: Sequence[Messages],
     candidates: Sequence[Sequence[str]],
     batch_size: int,
+    precision: Precision,
 ) -> list[list[float]]:
     """The reward model's score of each candidate as the answer to its prompt."""
     tokenizer = load_tokenizer(reward_model)
-    model = load_scalar_model(reward_model, trained_head=True)
+    model = load_scalar_model(reward_model, None, precision.bf16, trained_head=True)
     conversations = [
         [*prompt, {"role": "assistant", "content": text}]
         for prompt, texts in zip(prompts, candidates, strict=True)
