@@ -1,18 +1,24 @@
 """The README's main job: the whole loop on the embedded sample data, one command.
 
-    python -m pipelines.demo                       # Argilla -> SFT -> reward -> PPO -> comparison
-    python -m pipelines.demo --stages sft,compare  # only some stages (without `annotation`, SFT reads the file)
+    python -m pipelines.demo                       # Argilla -> pretrain -> SFT -> reward -> PPO -> compare -> loop
+    python -m pipelines.demo --stages sft,compare  # only some stages (without `annotation`, stages read the files)
     python -m pipelines.demo --run_dir runs/demo   # where everything goes (default: a new timestamped dir)
 
 `annotation` starts the embedded Argilla server (or uses ARGILLA_API_URL), creates the three sample
 datasets in the `demo` workspace and pushes the sample data into them (idempotent: a second demo
-updates the same records); SFT then trains on `argilla://demo/text-to-sql`, what annotators would
-have submitted (unreviewed records as they are, corrections replacing responses, discarded records
-left out). Each step runs as its own CLI (`python -m annotation ...`,
-`python -m pipelines.<stage> --config configs/<stage>/default.yaml`), exactly as a user would run it,
-chained through the run dir. The comparison answers the held-out text-to-SQL questions with the
-base, SFT and PPO models and judges them by execution. The server keeps running afterwards, so the
-datasets can be opened in the browser (`python -m annotation server stop` ends it).
+updates the same records); the verifiable preference pairs go in as judgements (suggestions, and the
+submitted rankings of the user `imported-pairs`). Every training stage then reads Argilla: before it
+runs, `python -m annotation export` writes what annotators submitted as a versioned HF dataset under
+<run_dir>/data/<dataset>/v1 (kept records only, corrections replacing responses, pairs from rankings),
+recorded in <run_dir>/summary.json (source, version, records, rows), and the stage trains on it:
+continued pretraining (`argilla://demo/pretraining-text`, short, from SmolLM2), SFT from its output
+(`argilla://demo/text-to-sql`), the reward model (`argilla://demo/sql-comparisons`), PPO, the
+comparison of base, SFT and PPO on held-out questions (judged by execution), and one round of the
+human-feedback loop (`python -m annotation loop run --config configs/loop/default.yaml`: the PPO policy's
+answers ranked by simulated annotators in Argilla, the reward model and the policy retrained). Each step
+runs as its own CLI, exactly as a user would run it, chained through the run dir. The server keeps
+running afterwards, so the datasets can be opened in the browser (`python -m annotation server stop`
+ends it); the demo ends by printing the URL of the loop round's dataset next to the login.
 """
 
 from __future__ import annotations
@@ -28,15 +34,16 @@ from pathlib import Path
 from pipelines.cli import UserError, cli_entry
 from pipelines.models import PROJECT_ROOT, SMOLLM2
 
-STAGES = ("annotation", "sft", "reward", "ppo", "compare")
+STAGES = ("annotation", "pretrain", "sft", "reward", "ppo", "compare", "loop")
 WORKSPACE = "demo"
-# (dataset, kind, the sample data pushed into it)
+# (dataset, kind, the sample data pushed into it, the file a stage reads without the annotation stage)
 SAMPLE_DATASETS = (
     ("pretraining-text", "text", "data/pretraining/shop.jsonl"),
     ("text-to-sql", "instruction", "data/textsql/train.jsonl"),
     ("sql-comparisons", "comparison", "data/textsql/pairs_train.jsonl"),
 )
-SFT_SOURCE = f"argilla://{WORKSPACE}/text-to-sql"
+IMPORTER = "imported-pairs"  # the user whose submitted rankings are the sample pairs' chosen/rejected
+LOOP_DATASET = f"{WORKSPACE}/sql-loop"
 
 
 def run_cli(module: str, *args: object, capture: bool = False) -> subprocess.CompletedProcess[str]:
@@ -66,16 +73,35 @@ def annotation_stage() -> dict[str, object]:
     run_cli("annotation", "server", "start")
     for name, kind, data in SAMPLE_DATASETS:
         run_cli("annotation", "create", f"{WORKSPACE}/{name}", "--kind", kind)
-        run_cli("annotation", "push", f"{WORKSPACE}/{name}", "--kind", kind, "--data", data)
+        judged = ("--as-responses", IMPORTER) if kind == "comparison" else ()
+        run_cli("annotation", "push", f"{WORKSPACE}/{name}", "--kind", kind, "--data", data, *judged)
     return json.loads(run_cli("annotation", "server", "status", "--json", capture=True).stdout)
 
 
-def print_annotation_help(status: dict[str, object]) -> None:
+def export(name: str, run_dir: Path) -> dict[str, object]:
+    """`python -m annotation export demo/<name>` into <run_dir>/data/<name>: the version a stage trains on."""
+    result = run_cli(
+        "annotation", "export", f"{WORKSPACE}/{name}", "--output_dir", run_dir / "data" / name, capture=True
+    )
+    folder = Path(json.loads(result.stdout.splitlines()[-1])["output"])
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return {
+        "source": f"argilla://{WORKSPACE}/{name}",
+        "path": str(folder),
+        "version": report["version"],
+        "records": report["records"],
+        "rows": report["rows"],
+    }
+
+
+def print_annotation_help(status: dict[str, object], loop_url: str | None) -> None:
     print(
         f"\nArgilla UI: {status['url']} (datasets in the {WORKSPACE!r} workspace: "
-        + ", ".join(name for name, _, _ in SAMPLE_DATASETS)
+        + ", ".join([*(name for name, _, _ in SAMPLE_DATASETS), LOOP_DATASET.split("/")[1]])
         + ")"
     )
+    if loop_url:
+        print(f"  the loop round's records, ranked by the simulated annotators: {loop_url}")
     if status.get("password_file"):
         print(f"  log in as {status['owner']!r} with the password in {status['password_file']}")
     if status.get("api_key_file"):
@@ -94,20 +120,39 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     run_dir = args.run_dir
-    sft, reward, ppo = run_dir / "sft", run_dir / "reward", run_dir / "ppo"
+    pretrain, sft, reward, ppo = (run_dir / name for name in ("pretrain", "sft", "reward", "ppo"))
     timings: dict[str, float] = {}
+    data: dict[str, dict[str, object]] = {}
     start = time.perf_counter()
     status = None
     if "annotation" in stages:
         status = annotation_stage()
         timings["annotation"] = time.perf_counter() - start
+
+    def source(name: str, *file_flags: object) -> tuple[object, ...]:
+        """`--dataset` of a stage: this run's export of the Argilla dataset, or the config's own file."""
+        if status is None:
+            return file_flags
+        data[name] = export(name, run_dir)
+        return ("--dataset", data[name]["path"])
+
+    if "pretrain" in stages:
+        timings["pretrain"] = run_stage(
+            "sft", "--config", "configs/sft/pretrain.yaml", *source("pretraining-text"), "--output_dir", pretrain
+        )
     if "sft" in stages:
-        # the Argilla rows are prompt/completion (detected); the file's question/answer need the config's mapping
-        source = ("--dataset", SFT_SOURCE, "--columns", "") if status else ()
-        timings["sft"] = run_stage("sft", "--config", "configs/sft/default.yaml", *source, "--output_dir", sft)
+        start_from = ("--model_name_or_path", pretrain) if (pretrain / "config.json").is_file() else ()
+        # the export's rows are prompt/completion (detected); the file's question/answer need the config's mapping
+        rows = (*source("text-to-sql"), "--columns", "") if status else ()
+        timings["sft"] = run_stage(
+            "sft", "--config", "configs/sft/default.yaml", *start_from, *rows, "--output_dir", sft
+        )
     if "reward" in stages:
         timings["reward"] = run_stage(
-            "reward", "--config", "configs/reward/default.yaml", "--model_name_or_path", sft, "--output_dir", reward
+            "reward",
+            *("--config", "configs/reward/default.yaml", "--model_name_or_path", sft),
+            *source("sql-comparisons"),
+            *("--output_dir", reward),
         )
     if "ppo" in stages:
         timings["ppo"] = run_stage(
@@ -135,15 +180,29 @@ def main(argv: list[str] | None = None) -> None:
             "--output_dir",
             run_dir / "comparison",
         )
+    loop_url = None
+    if "loop" in stages:
+        loop_dir = run_dir / "loop"
+        started = time.perf_counter()
+        run_cli(
+            "annotation",
+            *("loop", "run", "--config", "configs/loop/default.yaml", "--dataset", LOOP_DATASET),
+            *("--policy", ppo, "--reward_model", reward, "--output_dir", loop_dir),
+        )
+        timings["loop"] = time.perf_counter() - started
+        loop_url = json.loads((loop_dir / "round-001" / "pushed.json").read_text(encoding="utf-8"))["url"]
     timings["total"] = time.perf_counter() - start
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2))
+    summary = {"data": data, "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print("\n=== demo done in " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     print(
         f"results: {run_dir}" + (" (comparison/generations.md: the side-by-side table)" if "compare" in stages else "")
     )
+    if (run_dir / "loop" / "rounds.md").is_file():
+        print(f"the loop round (loop/rounds.md):\n{(run_dir / 'loop' / 'rounds.md').read_text(encoding='utf-8')}")
     if status:
-        print_annotation_help(status)
+        print_annotation_help(status, loop_url)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""The README's main command, its first part: the sample data lands in Argilla (three datasets, idempotent on
-a second run) and the SFT stage's `argilla://` source gives back the sample instruction pairs."""
+"""The README's main command, its Argilla part: the sample data lands in Argilla (three datasets, idempotent on a
+second run, the preference pairs as judgements), and what the training stages read back from there (the
+instruction pairs for SFT, the very same pairs for the reward model, each export a versioned HF dataset whose
+version and counts the demo records)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.demo import SAMPLE_DATASETS, SFT_SOURCE, WORKSPACE
+from pipelines.demo import IMPORTER, SAMPLE_DATASETS, WORKSPACE, export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +20,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def test_annotation_stage_fills_the_three_datasets_and_sft_reads_them_back(
+def test_annotation_stage_fills_the_three_datasets_and_the_stages_read_them_back(
     argilla_server, run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import argilla as rg
@@ -36,23 +38,35 @@ def test_annotation_stage_fills_the_three_datasets_and_sft_reads_them_back(
     client = rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.api_key)
     for name, kind, data in SAMPLE_DATASETS:
         rows = read_jsonl(REPO / data)
-        assert second_push[f"{WORKSPACE}/{name}"] == {
-            "dataset": f"{WORKSPACE}/{name}",
-            "kind": kind,
-            "created": 0,
-            "updated": len(rows),
-        }  # the second demo updated the same records
+        push = second_push[f"{WORKSPACE}/{name}"]
+        assert (push["kind"], push["created"], push["updated"]) == (kind, 0, len(rows))  # the same records again
         dataset = client.datasets(name, workspace=WORKSPACE)
         assert len(list(dataset.records)) == len(rows)
-    exported = {row["id"]: row for row in load_source(SFT_SOURCE)}
+    # the pairs went in as judgements: a suggestion naming the file, and the importer's submitted ranking
+    assert second_push[f"{WORKSPACE}/sql-comparisons"]["agent"] == "import: data/textsql/pairs_train.jsonl"
+    assert second_push[f"{WORKSPACE}/sql-comparisons"]["responses"] == {IMPORTER: 2000}
+
     source = read_jsonl(REPO / "data" / "textsql" / "train.jsonl")
+    exported = {row["id"]: row for row in load_source(f"argilla://{WORKSPACE}/text-to-sql")}
     assert exported == {r["id"]: {"id": r["id"], "prompt": r["question"], "completion": r["answer"]} for r in source}
+    # the reward stage's data: exactly the pushed chosen/rejected pairs, read back from Argilla
+    pairs = read_jsonl(REPO / "data" / "textsql" / "pairs_train.jsonl")
+    recorded = export("sql-comparisons", tmp_path / "run")
+    assert recorded == {
+        "source": f"argilla://{WORKSPACE}/sql-comparisons",
+        "path": str(tmp_path / "run" / "data" / "sql-comparisons" / "v1"),
+        "version": "v1",
+        "records": len(pairs),
+        "rows": len(pairs),
+    }
+    back = sorted((r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in load_source(recorded["path"]))
+    assert back == sorted((p["id"], p["prompt"], p["chosen"], p["rejected"]) for p in pairs)
 
 
 def test_unknown_stage_is_one_line_exit_2(run_cli, tmp_path: Path) -> None:
     result = run_cli("pipelines.demo", "--stages", "annotation,rlhf", "--run_dir", tmp_path / "d")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown stage(s) rlhf; choose from annotation, sft, reward, ppo, compare"
+        "error: unknown stage(s) rlhf; choose from annotation, pretrain, sft, reward, ppo, compare, loop"
     ]
     assert not (tmp_path / "d").exists()
