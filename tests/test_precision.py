@@ -158,7 +158,8 @@ def test_bf16_sft_trains_and_saves_fp32_weights(sft_runs: dict[str, Path]) -> No
     losses = step_losses(out)
     assert len(losses) == 12 and losses[-1] < 0.7 * losses[0], losses  # measured: 10.83 -> 6.89
     with safe_open(out / "model.safetensors", "pt") as weights:
-        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+        names = weights.keys()  # safe_open is not iterable
+        dtypes = {weights.get_slice(name).get_dtype() for name in names}
     assert dtypes == {"F32"}  # master weights, not their bf16 casts
 
 
