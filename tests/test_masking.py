@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,46 @@ def test_chat_template_renders_the_same_text_as_smollm2_original(tokenizer) -> N
         "<|im_start|>user\nAnd in Paris?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_packed_rows_attend_per_sequence_with_the_same_values_and_gradients(
+    make_trainer, tiny_model, monkeypatch
+) -> None:
+    """`attend_per_sequence`: a flattened packed row (TRL's padding-free batch, with its sequence boundaries)
+    gives each example the logits and gradients it has alone, without a dense mask over the whole row."""
+    from pipelines.runner import attend_per_sequence
+
+    calls: list[tuple[int, bool]] = []  # (query length, masked) of every SDPA call
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[2], attn_mask is not None))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+
+    trainer = make_trainer(qa_dataset(), packing=True, max_length=256)
+    prepared = trainer.train_dataset
+    batch = trainer.data_collator([prepared[i] for i in range(len(prepared))])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    attend_per_sequence(model)
+    assert model.config._attn_implementation == "sdpa_per_sequence"
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")}
+    packed = model(**inputs, labels=batch["labels"], use_cache=False)
+    lengths = batch["cu_seq_lens_q"].diff().tolist()
+    assert calls == [(n, False) for _ in range(model.config.num_hidden_layers) for n in lengths]  # no T x T mask
+    packed.loss.backward()
+    packed_grad = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+
+    # Each example on its own; its mean loss weighted by its scored tokens gives the packed row's token mean.
+    bounds = batch["cu_seq_lens_q"].tolist()
+    assert len(bounds) == len(QA_ROWS) + 1
+    total = torch.zeros(())
+    for start, end in itertools.pairwise(bounds):
+        ids, labels = batch["input_ids"][:, start:end], batch["labels"][:, start:end]
+        alone = model(input_ids=ids, labels=labels, use_cache=False)
+        torch.testing.assert_close(packed.logits[0, start:end], alone.logits[0], atol=1e-5, rtol=1e-4)
+        total = total + alone.loss * (labels[:, 1:] != IGNORE).sum()
+    (total / (batch["labels"][:, 1:] != IGNORE).sum()).backward()
+    torch.testing.assert_close(packed_grad, model.model.layers[0].self_attn.q_proj.weight.grad, atol=1e-6, rtol=1e-4)

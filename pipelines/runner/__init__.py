@@ -27,7 +27,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "render_prompts",
         "shared_prefix_length",
     ),
-    "pipelines.runner.modeling": ("load_model", "load_tokenizer", "lora_config", "score_labelled_tokens_only"),
+    "pipelines.runner.modeling": (
+        "attend_per_sequence",
+        "load_model",
+        "load_tokenizer",
+        "lora_config",
+        "score_labelled_tokens_only",
+    ),
     "pipelines.runner.precision": (
         "PRECISIONS",
         "Precision",

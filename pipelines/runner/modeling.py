@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,62 @@ def score_labelled_tokens_only() -> None:
     if hasattr(trl_utils, "_use_triton"):
         on_gpu = trl_utils._use_triton
         trl_utils._use_triton = lambda device: device.type == "cpu" or on_gpu(device)
+
+
+PACKED_SDPA = "sdpa_per_sequence"
+
+
+def sdpa_per_sequence(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a padding-free packed row one sequence at a time, as flash-attn's varlen kernel does.
+
+    TRL's packing (`bfd`) flattens a batch into one row of concatenated examples and passes their
+    boundaries (`cu_seq_lens_q`). Stock SDPA ignores them: transformers turns the position ids into a
+    dense block-diagonal mask over the whole row, so every layer computes (and keeps for backward)
+    all T x T scores — 8 rows of 256 become one of 2048, 8x the attention work, most of it masked
+    out. Here each sequence attends over itself alone (causal, no mask), which is the same result.
+    Anything else (padded batches, decoding with a cache) goes to the stock SDPA.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if cu_seq_lens_q is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    bounds = cu_seq_lens_q.tolist()
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout if module.training else 0.0,
+            is_causal=True,
+            scale=scaling,
+        )
+        for start, end in itertools.pairwise(bounds)
+        if end > start
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def attend_per_sequence(model: PreTrainedModel) -> None:
+    """Use `sdpa_per_sequence` for a model that trains on padding-free packed rows (where it runs SDPA)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if model.config._attn_implementation != "sdpa":
+        return  # flash attention reads the boundaries itself; eager/flex are the user's explicit choice
+    AttentionInterface.register(PACKED_SDPA, sdpa_per_sequence)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    model.set_attn_implementation(PACKED_SDPA)

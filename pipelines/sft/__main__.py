@@ -39,6 +39,7 @@ from pipelines.runner import (
     PrecisionArguments,
     RunArguments,
     UserError,
+    attend_per_sequence,
     cli_entry,
     load_model,
     load_tokenizer,
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     model = load_model(model_args.model_name_or_path, model_args)  # fp32 master weights, bf16 by autocast
+    if training_args.packing or training_args.padding_free:
+        attend_per_sequence(model)  # each packed example attends over itself, not over the whole flattened batch
     score_labelled_tokens_only()
     trainer = SFTTrainer(
         model=model,
