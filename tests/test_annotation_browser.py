@@ -107,6 +107,18 @@ def rank_with_keys(page: Page, question: Locator, best_first: list[str]) -> None
     expect_ranked(question, best_first)
 
 
+def open_dataset(page: Page, url: str, username: str, password: str, dataset: str) -> None:
+    """Sign in through the login form and open `dataset` from the home page, which lists the user's datasets."""
+    page.set_default_timeout(TIMEOUT_MS)
+    # Nothing but the server: the UI asks Google for web fonts, which must not reach (or wait on) a network.
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort())
+    page.goto(f"{url}/sign-in")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name=dataset).click()
+
+
 def submit(page: Page) -> None:
     """Press Submit and wait until the server has stored the submitted response."""
     with page.expect_response(
@@ -137,18 +149,8 @@ def test_an_annotator_ranks_in_the_ui_and_the_export_has_exactly_those_pairs(
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.set_default_timeout(TIMEOUT_MS)
             page.on("pageerror", lambda error: page_errors.append(str(error)))
-            # Nothing but the server: the UI asks Google for web fonts, which must not reach (or wait on) a network.
-            page.route(
-                "**/*",
-                lambda route: route.continue_() if route.request.url.startswith(argilla_server.url) else route.abort(),
-            )
-            page.goto(f"{argilla_server.url}/sign-in")
-            page.get_by_label("Username").fill(annotator)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="prefs").click()  # the home page lists the annotator's datasets
+            open_dataset(page, argilla_server.url, annotator, password, "prefs")
             question = page.get_by_label("Question: ranking")
 
             first = next_record(page, RECORDS)
@@ -238,16 +240,7 @@ def test_a_loop_record_shows_the_reward_models_suggested_ranking(argilla_server:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.set_default_timeout(TIMEOUT_MS)
-            page.route(
-                "**/*",
-                lambda route: route.continue_() if route.request.url.startswith(argilla_server.url) else route.abort(),
-            )
-            page.goto(f"{argilla_server.url}/sign-in")
-            page.get_by_label("Username").fill(annotator)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="loop").click()
+            open_dataset(page, argilla_server.url, annotator, password, "loop")
             expect(page.get_by_text(prompt, exact=True)).to_be_visible(timeout=TIMEOUT_MS)
             # the slots are pre-filled from the suggestion: each card with its probability of being best and the agent
             slots = page.get_by_label("Question: ranking").locator(".draggable__slot-box")
