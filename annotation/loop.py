@@ -478,8 +478,8 @@ def simulate(
 
 def suggestion_agreement(records: Sequence[PulledRecord], suggested: dict[str, list[float]]) -> dict[str, Any]:
     """How often people agreed with the reward model's suggested ranking: the share of submitted rankings
-    whose best candidate is the suggestion's best, and of candidate pairs both order strictly, the share
-    ordered alike."""
+    that put the suggestion's best candidate first (ties included), and of the candidate pairs both order
+    strictly, the share ordered alike."""
     top, pairs_same, pairs = [], 0, 0
     for record in records:
         names, model = record.candidates(), suggested.get(record.id)
@@ -490,7 +490,7 @@ def suggestion_agreement(records: Sequence[PulledRecord], suggested: dict[str, l
             if answer.status != SUBMITTED or not value:
                 continue
             person = rank_vector(value, names)
-            top.append(min(range(len(names)), key=person.__getitem__) == min(range(len(names)), key=model.__getitem__))
+            top.append(person[model.index(min(model))] == min(person))  # the model's best is among the person's
             for i in range(len(names)):
                 for j in range(i + 1, len(names)):
                     if person[i] != person[j] and model[i] != model[j]:
@@ -510,6 +510,22 @@ def suggested_ranks(config: LoopConfig, current: Round, sampled: dict[str, Any])
     }
 
 
+def earlier_pairs(current: Round) -> list[dict[str, Any]]:
+    """Every pair of the rounds before this one (version N-1); the versions must be exactly v1..vN-1, so the
+    round's pairs become version N."""
+    root = current.preferences.parent
+    versions = sorted(int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()) if root.is_dir() else []
+    if versions != list(range(1, current.number)):
+        raise UserError(
+            f"{root} holds versions {versions or 'none'}; round {current.number} needs exactly "
+            f"v1..v{current.number - 1}: they are the loop's history (restore them, or start a new output_dir)"
+        )
+    if current.number == 1:
+        return []
+    before = root / f"v{current.number - 1}" / f"{PAIRS}.jsonl"
+    return [json.loads(line) for line in before.read_text(encoding="utf-8").splitlines() if line]
+
+
 def collect(
     config: LoopConfig, current: Round, client: rg.Argilla, dataset: rg.Dataset, sampled: dict[str, Any]
 ) -> dict[str, Any]:
@@ -517,14 +533,11 @@ def collect(
     pulled = current.dir / "pulled.jsonl"
     rules = ExportConfig(pair_rule=config.pair_rule, ranking=config.ranking, tie_rule=config.tie_rule)
     if not current.preferences.is_dir():
+        earlier = earlier_pairs(current)
         with server_step("pulled the round's answers", current):
             records = round_records(client, dataset, current)
         write_pulled(pulled, config.dataset, "comparison", records)
         result = build_export("comparison", records, rules)
-        earlier: list[dict[str, Any]] = []
-        if current.number > 1:
-            before = current.root / "preferences" / f"v{current.number - 1}" / f"{PAIRS}.jsonl"
-            earlier = [json.loads(line) for line in before.read_text(encoding="utf-8").splitlines() if line]
         seen = {(r["id"], r["chosen"], r["rejected"]) for r in earlier}
         new = [r | {"round": current.number} for r in result.rows if (r["id"], r["chosen"], r["rejected"]) not in seen]
         summary = report(f"argilla://{config.dataset} round {current.number}", "comparison", records, result, rules)
@@ -533,9 +546,7 @@ def collect(
             why = ", ".join(f"{k}: {v}" for k, v in result.left_out.items()) or "no submitted rankings"
             raise UserError(f"round {current.number} gave no new preference pairs ({why}); collect again later")
         aside = (item.disagreement_row() for item in result.unified if item.outcome == "disagreement")
-        target = write_versioned(current.preferences.parent, PAIRS, earlier + new, summary, aside)
-        if target != current.preferences:
-            raise UserError(f"{target} was written for round {current.number}: {target.parent} has other versions")
+        write_versioned(current.preferences.parent, PAIRS, earlier + new, summary, aside)
     _, records = read_pulled(pulled)
     figures = read_json(current.preferences / "report.json")
     return {

@@ -124,6 +124,56 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=60)
 
 
+# ---------------------------------------------------------------------------- the round's pieces (no server)
+
+
+def test_agreement_with_the_suggestion_by_hand() -> None:
+    from annotation.loop import suggestion_agreement
+    from annotation.unify import Answer, PulledRecord
+
+    def ranked(*ranks: int) -> dict[str, Any]:
+        return {"ranking": [{"value": f"response_{i}", "rank": r} for i, r in enumerate(ranks, start=1)]}
+
+    fields = {"prompt": "p", "response_1": "x", "response_2": "y", "response_3": "z"}
+    answers = [Answer("a", "submitted", ranked(1, 2, 3)), Answer("b", "submitted", ranked(2, 1, 3))]
+    answers += [Answer("c", "submitted", ranked(1, 1, 2)), Answer("d", "draft", ranked(3, 2, 1))]
+    record = PulledRecord("r", fields, answers=answers)
+    # the model ranks x > y > z. a: same best, 3/3 pairs alike; b: another best, (x,y) reversed, 2/3;
+    # c: x tied first (counts as agreeing), (x,y) tied (not counted), 2/2; d is a draft (not counted).
+    assert suggestion_agreement([record], {"r": [1.0, 2.0, 3.0]}) == {"answers": 3, "top1": 2 / 3, "pairs": 7 / 8}
+
+
+def test_simulated_annotators_rank_by_the_verifier_then_closeness_with_seeded_mistakes() -> None:
+    from annotation.loop_annotators import Judge
+
+    def verifier(prompts: list[str], responses: list[str]) -> list[float]:
+        return [1.0 if "right" in r else 0.0 for r in responses]
+
+    record = {
+        "id": "r",
+        "fields": {"prompt": "q", "response_1": "wrong b", "response_2": "right", "response_3": "wrong"},
+    }
+    honest = Judge(verifier, {"q": "wrong"}, error_rate=0.0, disagreement_rate=0.0, seed=0)
+    assert [item["rank"] for item in honest.ranking("a", record)] == [3, 1, 2]  # right first, then closest to "wrong"
+    mistaken = Judge(verifier, {"q": "wrong"}, error_rate=1.0, disagreement_rate=0.0, seed=0)
+    assert [item["rank"] for item in mistaken.ranking("a", record)] == [1, 3, 2]  # reversed
+    taste = Judge(verifier, {"q": "wrong"}, error_rate=0.0, disagreement_rate=1.0, seed=0)
+    swapped = [item["rank"] for item in taste.ranking("a", record)]
+    assert swapped in ([3, 2, 1], [2, 1, 3]) and swapped == [i["rank"] for i in taste.ranking("a", record)]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_at_the_sampling_temperature() -> None:
+    import torch
+
+    from annotation.loop_candidates import nucleus
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])  # softmax: 0.644, 0.237, 0.087, 0.032
+    kept = nucleus(logits, top_p=0.8, temperature=1.0) > torch.finfo(torch.float32).min
+    assert kept.tolist() == [[True, True, False, False]]  # 0.644 < 0.8, then 0.881 reaches it
+    flat = nucleus(logits, top_p=0.8, temperature=10.0) > torch.finfo(torch.float32).min
+    assert flat.tolist() == [[True, True, True, True]]  # hot: near-uniform (0.29, 0.26, 0.24, 0.21)
+
+
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory, run_cli, tiny_model: Path) -> Path:
     """A reward model on the tiny Llama (two steps of configs/reward/tiny.yaml): round 1 starts from it."""
