@@ -6,7 +6,9 @@
 The rows are those `python -m annotation export` would write (same rules, same keys, given as query
 parameters: `?format=messages&tie_rule=first&min_submitted=1`): `text` for pretraining text,
 `prompt`/`completion` (or `messages`) for instruction pairs, `prompt`/`chosen`/`rejected` for
-comparisons. `pipelines.data.sources` imports this module on the first `argilla://` source.
+comparisons and, with `?correction_pairs=true`, for instruction records an annotator rewrote
+(corrected ≻ original). The keys are checked like a config's (closest key suggested, one line).
+`pipelines.data.sources` imports this module on the first `argilla://` source.
 """
 
 from __future__ import annotations
