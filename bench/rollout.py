@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         note=f"batch {batch_size}, {max_new_tokens} new tokens, temperature {temperature}, {batches} batches a side, "
         f"{draft_tokens} draft tokens ({acceptance:.0%} right); >= {ABSOLUTE_TARGET:g} tok/s: "
         f"{'yes' if absolute_ok else 'no'}",
+        condition_met=absolute_ok,
     )
     recorder.finish(
         verdict,
