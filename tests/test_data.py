@@ -210,7 +210,7 @@ def test_non_utf8_file_is_a_one_line_user_error_with_the_offset(tmp_path: Path) 
 def test_malformed_jsonl_is_a_one_line_user_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n', encoding="utf-8")
-    assert_one_line_user_error(str(path), "cannot read", "broken.jsonl")
+    assert_one_line_user_error(str(path), "broken.jsonl:2 is not JSON")
 
 
 def test_unsupported_file_kind_is_a_one_line_user_error(tmp_path: Path) -> None:

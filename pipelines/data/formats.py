@@ -5,15 +5,17 @@
 - `messages`: multi-turn chats; the loss covers the assistant turns only.
 
 The shape is taken from an explicit `columns` mapping (role=column) or detected by column names.
-Instruction rows with a context put it after the instruction under a "Context:" header.
+Instruction rows with a context put it after the instruction under a "Context:" header. The columns that
+become text are checked first (`check_text_columns`): a null, blank or non-text value (a number, a list)
+is refused with its row numbers instead of becoming "" or "0"-less text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from pipelines.cli import UserError
 
@@ -95,18 +97,77 @@ def _validate(mapping: dict[str, str], found: str) -> dict[str, str]:
 
 def _user_prompt(row: Mapping[str, Any], mapping: dict[str, str]) -> str:
     if "instruction" in mapping:
-        text = str(row[mapping["instruction"]] or "")
-        context = str(row.get(mapping.get("context", ""), "") or "").strip()
+        text = row[mapping["instruction"]]
+        context = (row.get(mapping.get("context", "")) or "").strip()
         return f"{text}\n\nContext:\n{context}" if context else text
-    return str(row[mapping["prompt"]] or "")
+    return row[mapping["prompt"]]
 
 
 def _answer(row: Mapping[str, Any], mapping: dict[str, str]) -> str:
-    return str(row[mapping["response" if "response" in mapping else "completion"]] or "")
+    return row[mapping["response" if "response" in mapping else "completion"]]
 
 
-def to_training_format(dataset: Dataset, mapping: dict[str, str], system_prompt: str | None = None) -> Dataset:
-    """Rows -> `text`, conversational `prompt`/`completion`, or `messages` (TRL's dataset types)."""
+OPTIONAL_ROLES = ("context", "system")
+TEXT_TYPES = ("string", "large_string")
+
+
+def _rows_named(numbers: Sequence[int]) -> str:
+    shown = ", ".join(map(str, numbers[:5]))
+    more = f" (and {len(numbers) - 5} more)" if len(numbers) > 5 else ""
+    return f"row{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def check_text_columns(
+    rows: Dataset, required: Sequence[str], name: str, optional: Sequence[str] = (), lists: Collection[str] = ()
+) -> None:
+    """Every row of the `required` columns holds text (not null, not blank), the `optional` ones text or nothing;
+    columns in `lists` may hold lists instead (chat messages, ranked candidates). A one-line `UserError` names the
+    column and the rows (counted from 1 in `name`'s order) otherwise."""
+    for column in [*required, *optional]:
+        feature = rows.features[column]
+        is_list = not isinstance(feature, Value)
+        kind = "list" if is_list else feature.dtype
+        if (is_list and column not in lists) or (not is_list and kind not in (*TEXT_TYPES, "null")):
+            example = next(((i, v) for i, v in enumerate(rows[column], start=1) if v is not None), None)
+            shown = f" (row {example[0]}: {example[1]!r})" if example else ""
+            raise UserError(
+                f"{name}: column {column!r} holds {kind} values, not text{shown}; write them as strings in the data "
+                '(e.g. "4", not 4) or map another column'
+            )
+        if column in optional:
+            continue
+        empty = [i for i, v in enumerate(rows[column], start=1) if v is None or (isinstance(v, str) and not v.strip())]
+        if empty:
+            raise UserError(
+                f"{name}: column {column!r} is empty (null or blank) in {_rows_named(empty)}; fill them in or drop "
+                "those rows"
+            )
+
+
+def text_columns(purpose: str, names: Sequence[str], columns: str | Mapping[str, str] | None) -> dict[str, list[str]]:
+    """Which columns a `purpose` (see pipelines.data.sources.PURPOSES) turns into text: `required` (text in every
+    row), `optional` (text or nothing) and `lists` (may hold lists): the arguments of `check_text_columns`."""
+    if purpose == "reward":
+        ranking = {"prompt", "responses", "ranks"} <= set(names)
+        shape = ["prompt", "responses"] if ranking else [c for c in ("prompt", "chosen", "rejected") if c in names]
+        return {"required": shape, "optional": [], "lists": shape}
+    return _roles_to_check(prompt_mapping(names, columns) if purpose == "ppo" else detect_mapping(list(names), columns))
+
+
+def _roles_to_check(mapping: Mapping[str, str]) -> dict[str, list[str]]:
+    return {
+        "required": [column for role, column in mapping.items() if role not in OPTIONAL_ROLES],
+        "optional": [column for role, column in mapping.items() if role in OPTIONAL_ROLES],
+        "lists": [mapping["messages"]] if "messages" in mapping else [],
+    }
+
+
+def to_training_format(
+    dataset: Dataset, mapping: dict[str, str], system_prompt: str | None = None, name: str = "the data"
+) -> Dataset:
+    """Rows -> `text`, conversational `prompt`/`completion`, or `messages` (TRL's dataset types); a row without
+    text where the mapping needs it is a `UserError` naming it (`name`: what the rows are, for the message)."""
+    check_text_columns(dataset, name=name, **_roles_to_check(mapping))
     for role in ("text", "messages"):
         if role in mapping:
             kept = dataset.select_columns([mapping[role]])
@@ -174,21 +235,29 @@ def drop_overlong_prompts(dataset: Dataset, tokenizer: Any, max_length: int | No
 PROMPT_COLUMNS = ("prompt", "question", "instruction", "input", "query")
 
 
+def prompt_mapping(names: Sequence[str], columns: str | Mapping[str, str] | None) -> dict[str, str]:
+    """The role -> column mapping of the prompt side only (instruction and context): all RL and evaluation need."""
+    mapping = parse_columns(columns)
+    found = ", ".join(names)
+    if not mapping:
+        column = next((c for c in PROMPT_COLUMNS if c in names), None)
+        if column is None:
+            raise UserError(f"no prompt column: expected one of {', '.join(PROMPT_COLUMNS)}; found {found}")
+        mapping = {"instruction": column} | ({"context": "context"} if "context" in names else {})
+    elif "prompt" in mapping and "instruction" not in mapping:
+        mapping = {"instruction": mapping["prompt"], **{k: v for k, v in mapping.items() if k != "prompt"}}
+    mapping = {role: column for role, column in mapping.items() if role in ("instruction", "context")}
+    missing = [c for c in mapping.values() if c not in names]
+    if missing or "instruction" not in mapping:
+        raise UserError(f"prompt column(s) {', '.join(missing) or 'prompt'} not found; the data has {found}")
+    return mapping
+
+
 def to_prompts(
     dataset: Dataset, columns: str | Mapping[str, str] | None, system_prompt: str | None
 ) -> list[list[dict]]:
     """Chat prompts for RL and evaluation: only the prompt side of any supported shape is needed."""
-    mapping = parse_columns(columns)
-    found = ", ".join(dataset.column_names)
-    if not mapping:
-        column = next((c for c in PROMPT_COLUMNS if c in dataset.column_names), None)
-        if column is None:
-            raise UserError(f"no prompt column: expected one of {', '.join(PROMPT_COLUMNS)}; found {found}")
-        mapping = {"instruction": column} | ({"context": "context"} if "context" in dataset.column_names else {})
-    elif "prompt" in mapping and "instruction" not in mapping:
-        mapping = {"instruction": mapping["prompt"], **{k: v for k, v in mapping.items() if k != "prompt"}}
-    missing = [c for c in mapping.values() if c not in dataset.column_names]
-    if missing or "instruction" not in mapping:
-        raise UserError(f"prompt column(s) {', '.join(missing) or 'prompt'} not found; the data has {found}")
+    mapping = prompt_mapping(dataset.column_names, columns)
+    check_text_columns(dataset, name="the prompts", **_roles_to_check(mapping))
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [[*system, {"role": "user", "content": _user_prompt(row, mapping)}] for row in dataset]

@@ -15,21 +15,27 @@ everywhere. Splits are made here too, the same way for every stage (`load_splits
 
 The same mapping (`columns`) applies to every kind of source. Row order matters for `test_split:
 first|last` and for a reproducible seeded split: files keep their order, a table is read in primary-key
-order, a view or query needs an ORDER BY.
+order, a view or query needs an ORDER BY. A file that cannot be read is a one-line error naming what to fix:
+for JSON Lines, the line (`read_jsonl`, the one JSONL reader of the project). A stage says what it needs
+(`purpose`), so a `scheme://` source of the wrong kind (a comparison dataset given to SFT) is refused before
+its records are fetched.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from pipelines.cli import UserError, mask_passwords
+from pipelines.data.formats import check_text_columns, text_columns
 from pipelines.data.sql import MetricsTable, database_url, load_sql
 
 FILE_BUILDERS = {
@@ -42,13 +48,17 @@ FILE_BUILDERS = {
 EVAL_SPLIT_NAMES = ("test", "validation", "eval")
 TEST_SPLITS = ("random", "first", "last")
 
-# Sources addressed as `<scheme>://...`; the annotation package registers "argilla".
-SCHEME_LOADERS: dict[str, Callable[[str], Dataset | DatasetDict]] = {}
+# What the rows are for, so a source can refuse data of the wrong kind before fetching it (None: any rows).
+PURPOSES = ("sft", "reward", "ppo", "eval")
+# Sources addressed as `<scheme>://...`, called with the spec and the purpose; the annotation package registers
+# "argilla".
+SchemeLoader = Callable[[str, str | None], Dataset | DatasetDict]
+SCHEME_LOADERS: dict[str, SchemeLoader] = {}
 # Modules imported on first use of a scheme, so that they register it without every stage importing them.
 SCHEME_PLUGINS = {"argilla": "annotation.sources"}
 
 
-def register_scheme(scheme: str, loader: Callable[[str], Dataset | DatasetDict]) -> None:
+def register_scheme(scheme: str, loader: SchemeLoader) -> None:
     SCHEME_LOADERS[scheme] = loader
 
 
@@ -147,18 +157,84 @@ def _check_utf8(path: Path) -> None:
             decoder_offset += len(chunk)
 
 
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+
+
+def _json_kind(value: Any) -> str:
+    return JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (blank lines skipped). The first line that is not a JSON object, or whose
+    field holds another type than on an earlier line, is a one-line `UserError` naming that line."""
+    _check_utf8(path)
+    rows: list[dict[str, Any]] = []
+    first_seen: dict[str, tuple[str, int]] = {}  # field -> (type, line) of its first non-null value
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\n"))
+            except json.JSONDecodeError as err:
+                raise UserError(
+                    f"{path}:{number} is not JSON ({err.msg}, column {err.colno}): fix or delete that line"
+                ) from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f'{path}:{number} is {_json_kind(row)}, not a JSON object: write one {{"field": value, ...}} '
+                    "object per line"
+                )
+            for field, value in row.items():
+                if value is None:
+                    continue
+                kind, line_seen = first_seen.setdefault(field, (_json_kind(value), number))
+                if kind != _json_kind(value):
+                    raise UserError(
+                        f"{path}:{number}: {field!r} is {_json_kind(value)} here but {kind} on line {line_seen}; "
+                        "give a field one type in every row"
+                    )
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path} has no rows: every line is blank")
+    return rows
+
+
+def _first_cause(err: BaseException) -> str:
+    """The innermost error's first line: `datasets` wraps the parser's own message (e.g. pandas' line number)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _load_file(path: Path) -> Dataset:
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise UserError(f"unsupported data file type {path.suffix!r} ({path}); use one of {', '.join(FILE_BUILDERS)}")
     if path.stat().st_size == 0:
         raise UserError(f"data file is empty: {path}")
+    if path.suffix.lower() == ".jsonl":  # the project's reader: a bad line is named, every field keeps its type
+        rows = read_jsonl(path)
+        return Dataset.from_dict(
+            {key: [row.get(key) for row in rows] for key in dict.fromkeys(k for r in rows for k in r)}
+        )
     if builder != "parquet":
         _check_utf8(path)
     try:
-        return load_dataset(builder, data_files=str(path), split="train")
+        loaded = load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - datasets wraps parser errors in many exception types
-        raise UserError(f"cannot read {path} as {builder}: {str(err).splitlines()[0]}") from None
+        if builder == "json":
+            try:
+                json.loads(path.read_text(encoding="utf-8-sig"))
+            except json.JSONDecodeError as bad:
+                where = f"line {bad.lineno}, column {bad.colno}"
+                raise UserError(
+                    f"{path} is not valid JSON ({where}: {bad.msg}); JSON Lines files end in .jsonl"
+                ) from None
+        raise UserError(f"cannot read {path} as {builder}: {_first_cause(err)}") from None
+    if builder == "text":  # blank lines are not rows
+        loaded = loaded.filter(lambda row: bool(row["text"].strip()), desc="Dropping blank lines")
+    return loaded
 
 
 def _load_dir(path: Path) -> Dataset | DatasetDict:
@@ -174,9 +250,9 @@ def _load_dir(path: Path) -> Dataset | DatasetDict:
     return concatenate_datasets([_load_file(f) for f in files])
 
 
-def load_source(spec: str, sql: str | None = None) -> Dataset | DatasetDict:
-    """Load rows from `spec` (for a database, the table, view or query `sql`); every failure a user can cause
-    becomes a one-line `UserError`."""
+def load_source(spec: str, sql: str | None = None, purpose: str | None = None) -> Dataset | DatasetDict:
+    """Load rows from `spec` (for a database, the table, view or query `sql`) for `purpose` (one of `PURPOSES`,
+    None: any); every failure a user can cause becomes a one-line `UserError`."""
     scheme = spec.split("://", 1)[0] if "://" in spec else None
     if scheme is not None and scheme not in SCHEME_LOADERS and scheme in SCHEME_PLUGINS:
         importlib.import_module(SCHEME_PLUGINS[scheme])
@@ -193,7 +269,7 @@ def load_source(spec: str, sql: str | None = None) -> Dataset | DatasetDict:
                 f"unknown data source scheme {scheme}:// in {mask_passwords(spec)!r} "
                 f"(known: {known}, and SQLAlchemy database URLs)"
             )
-        return SCHEME_LOADERS[scheme](spec)
+        return SCHEME_LOADERS[scheme](spec, purpose)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_file(path)
@@ -209,9 +285,13 @@ def load_source(spec: str, sql: str | None = None) -> Dataset | DatasetDict:
         raise UserError(f"cannot load dataset {spec!r}: {str(err).splitlines()[0]}") from None
 
 
-def _non_empty(dataset: Dataset, spec: str) -> Dataset:
+def _checked(dataset: Dataset, spec: str, purpose: str | None, columns: str | None) -> Dataset:
+    """Rows that are there and, for a stage's `purpose`, hold text in every column it reads (row numbers of the
+    source: checked before any split)."""
     if len(dataset) == 0:
         raise UserError(f"no rows in {mask_passwords(spec)}")
+    if purpose is not None:
+        check_text_columns(dataset, name=mask_passwords(spec), **text_columns(purpose, dataset.column_names, columns))
     return dataset
 
 
@@ -246,23 +326,27 @@ def metrics_sinks(args: DataArguments) -> list[MetricsTable]:
     return [MetricsTable(args.dataset, args.metrics_table, PartialState().is_main_process)]
 
 
-def load_splits(args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
-    """Train and eval rows: `eval_dataset`/`eval_sql`, else the source's own test split, else `test_size` rows
-    taken as `test_split` says."""
+def load_splits(args: DataArguments, seed: int, purpose: str | None = None) -> tuple[Dataset, Dataset]:
+    """Train and eval rows for `purpose` (see `load_source`): `eval_dataset`/`eval_sql`, else the source's own test
+    split, else `test_size` rows taken as `test_split` says."""
     if not args.dataset:
         raise UserError("no training data: set `dataset` in the config or pass --dataset PATH")
-    loaded = load_source(args.dataset, args.sql)
+    loaded = load_source(args.dataset, args.sql, purpose)
     eval_rows: Dataset | None = None
     if isinstance(loaded, DatasetDict):
         if "train" not in loaded:
             raise UserError(f"{args.dataset} has no 'train' split (found: {', '.join(loaded)})")
-        eval_rows = next((loaded[name] for name in EVAL_SPLIT_NAMES if name in loaded), None)
+        split = next((name for name in EVAL_SPLIT_NAMES if name in loaded), None)
+        if split is not None:
+            eval_rows = _checked(loaded[split], f"{args.dataset} ({split} split)", purpose, args.columns)
         loaded = loaded["train"]
-    train_rows = _non_empty(loaded, args.dataset)
+    train_rows = _checked(loaded, args.dataset, purpose, args.columns)
     if args.eval_dataset or args.eval_sql:
         eval_spec = args.eval_dataset or args.dataset
-        other = load_source(eval_spec, args.eval_sql)
-        eval_rows = _non_empty(other["train"] if isinstance(other, DatasetDict) else other, eval_spec)
+        other = load_source(eval_spec, args.eval_sql, purpose)
+        eval_rows = _checked(
+            other["train"] if isinstance(other, DatasetDict) else other, eval_spec, purpose, args.columns
+        )
     if eval_rows is None:
         train_rows, eval_rows = split_off_test(
             train_rows, args.test_size, args.test_split, seed, mask_passwords(args.dataset)

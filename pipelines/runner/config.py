@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.cli import UserError, mask_passwords
+from pipelines.cli import UserError, mask_passwords, show_library_reports
 
 # Names of credentials (not e.g. `eos_token` or `max_new_tokens`, which are settings).
 SECRET_KEY = re.compile(r"(hub_token|access_?token|auth_?token|api_?key|password|secret)", re.IGNORECASE)
@@ -52,6 +52,88 @@ class RunArguments:
         default=True,
         metadata={"help": "After a LoRA run, also write <output_dir>/merged: a plain model folder (merge_and_unload)."},
     )
+    verbose: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Also show the libraries' load reports (e.g. the LOAD REPORT of a fresh reward score head)."},
+    )
+
+
+# Bounds of keys, wherever they appear (TRL's and transformers' fields, the project's, the light CLIs' flags): a
+# zero or negative batch size, step count or length otherwise fails deep inside a library or silently trains nothing.
+POSITIVE = frozenset(
+    {
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "save_total_limit",
+        "max_length",
+        "max_new_tokens",
+        "generation_batch_size",
+        "rollout_batch_size",
+        "ppo_epochs",
+        "kl_horizon",
+        "cliprange",
+        "cliprange_value",
+        "max_train_samples",
+        "batch_size",
+        "samples",
+        "num_proc",
+        "dataset_num_proc",
+        "top_k",
+        "lm_eval_limit",
+        "lora_r",
+        "max_seq_length",
+    }
+)
+NON_NEGATIVE = frozenset(
+    {
+        "learning_rate",
+        "weight_decay",
+        "warmup_steps",
+        "seed",
+        "eval_generation_samples",
+        "eval_prompts",
+        "eval_every",
+        "sample_every",
+        "draft_tokens",
+        "dataloader_num_workers",
+        "temperature",
+        "kl_coef",
+        "vf_coef",
+        "max_grad_norm",
+    }
+)
+UNIT_INTERVAL = frozenset({"gamma", "lam", "lora_dropout"})
+
+
+def check_ranges(values: Any, prefix: str = "") -> None:
+    """A one-line `UserError` for the first key of `values` (a dataclass or argparse namespace) out of its bounds;
+    `prefix` is how the key is written (`--` for flags). `max_steps` is > 0, or -1 for "train by epochs"."""
+    for key, value in vars(values).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = f"{prefix}{key}"
+        if key == "max_steps" and value != -1 and value <= 0:
+            raise UserError(f"{name} must be > 0 (or -1: train num_train_epochs epochs), got {value}")
+        if key in POSITIVE and value <= 0:
+            raise UserError(f"{name} must be > 0, got {value}")
+        if key in NON_NEGATIVE and value < 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
+        if key in UNIT_INTERVAL and not 0 <= value <= 1:
+            raise UserError(f"{name} must be between 0 and 1, got {value}")
+
+
+# transformers 5 renamed TrainingArguments' gradient checkpointing keys, and TRL's configs still default the old
+# one to True: every stage printed the rename's FutureWarning, whatever its config said. The old names are read
+# as the new ones (a value is never ignored), and the old key's default becomes the new key's.
+RENAMED_KEYS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
 
 
 # ---------------------------------------------------------------------------- the shared rules
@@ -175,9 +257,11 @@ def merge_config(cls: type, layers: Sequence[Layer]) -> Any:
                 raise unknown_key_error(key, list(fields), where)
             merged[key] = coerce_value(key, fields[key], hints[key], value, where)
     try:
-        return cls(**merged)
+        config = cls(**merged)
     except (TypeError, ValueError) as err:  # the dataclass's own __post_init__ checks
         raise UserError(f"invalid config: {str(err).splitlines()[0]}") from None
+    check_ranges(config)
+    return config
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
@@ -252,13 +336,46 @@ def _flags_unsetting(args: list[str], unsettable: set[str]) -> tuple[list[str], 
     return kept, unset
 
 
+def _rename_keys(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """`config` with the renamed keys under their new names; both names at once is ambiguous."""
+    for old, new in RENAMED_KEYS.items():
+        if old not in config:
+            continue
+        value = config.pop(old)
+        if new in config and value not in (None, config[new]):  # a saved run_config.yaml holds both, the same
+            raise UserError(f"{old} and {new} are both set {where}: {old} is the old name of {new}; keep {new}")
+        config.setdefault(new, value)
+    return config
+
+
+def _rename_flags(args: list[str]) -> list[str]:
+    renamed = []
+    for item in args:
+        key, sep, value = item[2:].partition("=") if item.startswith("--") else ("", "", "")
+        renamed.append(f"--{RENAMED_KEYS[key]}{sep}{value}" if key in RENAMED_KEYS else item)
+    return renamed
+
+
+def _renamed_defaults(dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """The old names unset, their class defaults (TRL: gradient checkpointing on) moved to the new names."""
+    defaults: dict[str, Any] = {}
+    for cls in dataclass_types:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for old, new in RENAMED_KEYS.items():
+            if old in fields and new in fields:
+                default = fields[old].default if fields[old].default is not dataclasses.MISSING else None
+                defaults.update({old: None, new: default})
+    return defaults
+
+
 def parse_config(
     dataclass_types: Sequence[type],
     argv: Sequence[str] | None = None,
     defaults: dict[str, Any] | None = None,
     prog: str | None = None,
 ) -> tuple[Any, ...]:
-    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`).
+    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values'
+    bounds (`check_ranges`) and apply `verbose`.
 
     `defaults` are the stage's own defaults (e.g. bf16 off on CPU); the YAML overrides them and
     the flags override the YAML.
@@ -271,21 +388,21 @@ def parse_config(
     parser.error = _raise_user_error  # type: ignore[method-assign]  # one line, not the whole usage text
     valid = sorted(a.dest for a in parser._actions if a.dest != "help")
 
-    config: dict[str, Any] = dict(defaults or {})
+    config: dict[str, Any] = {**_renamed_defaults(dataclass_types), **(defaults or {})}
     if "--config" in args:
         index = args.index("--config")
         if index + 1 >= len(args):
             raise UserError("--config needs a path to a YAML file")
         config_path = args[index + 1]
         del args[index : index + 2]
-        file_config = read_yaml(config_path)
+        file_config = _rename_keys(read_yaml(config_path), f"in {config_path}")
         for key in file_config:
             if key not in valid and key != "env":
                 raise unknown_key_error(key, valid, f"in {config_path}")
         config.update(file_config)
     config.pop("env", None)
     unsettable = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if _unsettable(f)}
-    args, unset = _flags_unsetting(args, unsettable)
+    args, unset = _flags_unsetting(_rename_flags(args), unsettable)
     config.update(dict.fromkeys(unset))
     parser.set_defaults_with_config(**config)
 
@@ -298,6 +415,10 @@ def parse_config(
             raise unknown_key_error(item[2:].split("=", 1)[0], valid, "on the command line")
     if remaining:
         raise UserError(f"unexpected command-line argument {remaining[0]!r} (flags look like --key value)")
+    for values in parsed:
+        check_ranges(values)
+        if isinstance(values, RunArguments):
+            show_library_reports(values.verbose)
     return tuple(parsed)
 
 
