@@ -98,14 +98,14 @@ def evaluate_pairs(trainer: RewardTrainer, tokenizer: Any, eval_pairs: Any, batc
         prompts = eval_pairs["prompt"] if "prompt" in eval_pairs.column_names else [[]] * len(eval_pairs)
         return [p + c for p, c in zip(prompts, eval_pairs[column], strict=True)]
 
-    max_length = trainer.args.max_length
-    chosen = score_conversations(
-        trainer.model, tokenizer, conversations("chosen"), batch_size, max_length, "Scoring chosen"
-    )
+    max_length, output_dir = trainer.args.max_length, trainer.args.output_dir
+    # Under FSDP trainer.model is sharded across the processes (its forward is collective): the saved, gathered one
+    model = load_scalar_model(output_dir, trained_head=True) if trainer.is_fsdp_enabled else trainer.model
+    chosen = score_conversations(model, tokenizer, conversations("chosen"), batch_size, max_length, "Scoring chosen")
     rejected = score_conversations(
-        trainer.model, tokenizer, conversations("rejected"), batch_size, max_length, "Scoring rejected"
+        model, tokenizer, conversations("rejected"), batch_size, max_length, "Scoring rejected"
     )
-    return pairwise_report(chosen, rejected, Path(trainer.args.output_dir))
+    return pairwise_report(chosen, rejected, Path(output_dir))
 
 
 def train_main(argv: list[str]) -> None:

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "render_prompts",
         "shared_prefix_length",
     ),
+    "pipelines.runner.distributed": ("enable_cpu_fsdp",),
     "pipelines.runner.modeling": (
         "attend_per_sequence",
         "load_model",

@@ -24,6 +24,7 @@ from transformers import (
 
 from pipelines.cli import UserError, claim_output_dir, release_output_dir
 from pipelines.runner.config import RunArguments, save_resolved_config
+from pipelines.runner.distributed import enable_cpu_fsdp
 from pipelines.runner.modeling import export_merged
 
 METRICS_FILE = "metrics.jsonl"
@@ -107,6 +108,7 @@ def start_run(
 ) -> str | None:
     """Seed, check the output dir, set where metrics go besides metrics.jsonl (`metrics_sinks`), and find
     the checkpoint to resume from (None: fresh run)."""
+    enable_cpu_fsdp()  # an FSDP launch config shards on CPU processes too (before any Accelerator exists)
     set_seed(training_args.seed)
     METRICS_SINKS[:] = metrics_sinks
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -198,6 +200,8 @@ def save_outputs(
 ) -> Path:
     """Save the final model once (main process), the resolved config and, for LoRA, a merged copy."""
     output_dir = Path(trainer.args.output_dir)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into whole tensors
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))  # unwraps DDP/FSDP and writes from the main process only
     if PartialState().is_main_process:
         tokenizer.save_pretrained(output_dir)
