@@ -1,9 +1,12 @@
 """The embedded Argilla server: start/status/stop/start keeps data, kill -9 keeps acknowledged responses,
-one-line errors (Redis port taken, server not running), no secrets in logs, and the project's search
-engine answering the SDK's text search and metadata filters. One server for the session (`argilla_server`)."""
+one-line errors (Redis port taken, server not running, a database URL that is not PostgreSQL), no secrets in
+logs, and the project's search engine answering the SDK's text search and metadata filters, and passing
+argilla-server's own search-engine tests on SQLite and PostgreSQL. One server for the session (`argilla_server`;
+the PostgreSQL server's tests are in tests/test_annotation_server_load.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +23,7 @@ import psutil
 import pytest
 
 from tests.conftest import cli_command, cli_env
+from tests.pg import throwaway_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -337,18 +341,30 @@ def test_text_search_and_metadata_filters_through_the_sdk(argilla_server, client
     assert texts(both) == ["A dog chased the cat", "The cat sat on the mat"]
 
 
-def test_argilla_servers_own_search_engine_tests_pass() -> None:
+def test_a_database_url_other_than_postgresql_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    done = server_cli(tmp_path / "var", "start", "--database-url", "mysql://ml:s3cret@db.internal/argilla")
+    one_error_line(done, "--database-url takes a postgresql:// URL or `sqlite`", "mysql://ml:***@db.internal")
+    assert "s3cret" not in done.stderr and not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_argilla_servers_own_search_engine_tests_pass(database: str) -> None:
     """`python -m annotation.server.conformance`: argilla-server 2.8.0's 120 search-engine tests against the
-    project's engine, on its own throwaway SQLite database (the sdist is downloaded on first use; ~35 s). The 29
-    skipped ones assert Elasticsearch internals (index mappings, document layout), each named with its reason."""
-    done = subprocess.run(
-        cli_command("annotation.server.conformance"),
-        cwd=REPO_ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    project's engine, on each database it runs on: a throwaway SQLite file, a throwaway PostgreSQL cluster
+    (tests/pg.py). The sdist is downloaded on first use; ~35 s a database. The 29 skipped ones assert
+    Elasticsearch internals (index mappings, document layout), each named with its reason."""
+    with contextlib.ExitStack() as stack:
+        flags = []
+        if database == "postgresql":
+            flags = ["--database-url", stack.enter_context(throwaway_cluster()).url()]
+        done = subprocess.run(
+            cli_command("annotation.server.conformance", *flags),
+            cwd=REPO_ROOT,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     summary = [line for line in done.stdout.splitlines() if line.startswith("conformance: ")]
     assert done.returncode == 0 and summary, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary[0] == "conformance: 91/120 passed, 0 failed, 29 skipped", summary[0]

@@ -1,7 +1,9 @@
-"""The embedded server under annotators: an annotator's queue, progress and metrics read from the queue index and
-the kept counts (annotation/server/search_engine.py) agree with the records and responses, the queue is walked
-through its index (EXPLAIN QUERY PLAN), and a kill -9 of the server under 50 annotators loses no acknowledged
-response. The annotators are bench/annotation_load.py's, over plain REST as the UI's focus view works."""
+"""The embedded server under annotators, on each database it runs on (its SQLite file, and PostgreSQL through
+`server start --database-url`): an annotator's queue, progress and metrics read from the queue index and the kept
+counts (annotation/server/search_engine.py) agree with the records and responses, the queue is walked through its
+index (EXPLAIN), a response's record events reach a webhook, and a kill -9 of the server under 50 annotators loses
+no acknowledged response. The annotators are bench/annotation_load.py's, over plain REST as the UI's focus view
+works. The PostgreSQL server runs on a throwaway cluster (tests/pg.py), started once for this module."""
 
 from __future__ import annotations
 
@@ -9,15 +11,19 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import argilla as rg
 import httpx
+import pytest
 
 from annotation.server.launcher import REPO_ROOT, ensure_server_venv
 from bench.annotation_load import (
@@ -31,10 +37,43 @@ from bench.annotation_load import (
     comparison_records,
     new_dataset,
 )
+from tests.conftest import ArgillaServer
+from tests.pg import Cluster, throwaway_cluster
+
+DATABASES = ("sqlite", "postgresql")
 
 
-def owner_client(argilla_server) -> rg.Argilla:
-    return rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.api_key)
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[Cluster]:
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def postgres_server(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArgillaServer]:
+    """An embedded server of its own on the throwaway cluster (later starts keep using it: the saved URL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ArgillaServer(tmp_path_factory.mktemp("argilla-pg") / "var", port)
+    started = server.run_server("start", "--port", port, "--timeout", 300, "--database-url", pg_cluster.url())
+    if started.returncode != 0:
+        server.run_server("stop")
+        pytest.fail(f"the server did not start on PostgreSQL:\n{started.stdout}{started.stderr}", pytrace=False)
+    server.api_key = (server.var_dir / "owner-api-key").read_text().strip()
+    server.password = (server.var_dir / "owner-password").read_text().strip()
+    yield server
+    server.run_server("stop")
+
+
+@pytest.fixture(params=DATABASES)
+def server(request: pytest.FixtureRequest) -> ArgillaServer:
+    """The session's SQLite server, or this module's PostgreSQL one."""
+    return request.getfixturevalue("argilla_server" if request.param == "sqlite" else "postgres_server")
+
+
+def owner_client(server: ArgillaServer) -> rg.Argilla:
+    return rg.Argilla(api_url=server.url, api_key=server.api_key)
 
 
 def comparison_dataset(client: rg.Argilla, records: int) -> tuple[Any, Any]:
@@ -47,44 +86,47 @@ def comparison_dataset(client: rg.Argilla, records: int) -> tuple[Any, Any]:
     return dataset, client.workspaces(workspace)
 
 
-def stored_responses(argilla_server, dataset_id: str) -> dict[str, list[dict]]:
+def stored_responses(server: ArgillaServer, dataset_id: str) -> dict[str, list[dict]]:
     """record id -> its responses, as the owner lists them (the database, not the counts)."""
-    headers = {"X-Argilla-Api-Key": argilla_server.api_key}
-    url = f"{argilla_server.url}/api/v1/datasets/{dataset_id}/records"
+    headers = {"X-Argilla-Api-Key": server.api_key}
+    url = f"{server.url}/api/v1/datasets/{dataset_id}/records"
     items = httpx.get(url, params={"limit": 1000, "include": "responses"}, headers=headers, timeout=60).json()["items"]
     return {item["id"]: item["responses"] for item in items}
 
 
-def test_queue_progress_and_metrics_follow_the_responses(argilla_server) -> None:
+def http(server: ArgillaServer, user: dict[str, str]) -> httpx.Client:
+    return httpx.Client(base_url=f"{server.url}/api/v1", headers={"X-Argilla-Api-Key": user["api_key"]}, timeout=60)
+
+
+def submit(server: ArgillaServer, user: dict[str, str], record_ids: list[str]) -> None:
+    with http(server, user) as h:
+        for record_id in record_ids:
+            answer = h.post(f"/records/{record_id}/responses", json={"values": RANKING, "status": "submitted"})
+            assert answer.status_code == 201, answer.text
+
+
+def test_queue_progress_and_metrics_follow_the_responses(server: ArgillaServer) -> None:
     """Two annotators, overlap 2: each one's queue shrinks by what it answers and by what both answered; the
     dataset's progress, each one's metrics and the users' progress match the responses stored."""
-    client = owner_client(argilla_server)
+    client = owner_client(server)
     dataset, workspace = comparison_dataset(client, 30)
     alice, bob = annotators(client, workspace, 2)
-    base = f"{argilla_server.url}/api/v1"
-
-    def http(user: dict[str, str]) -> httpx.Client:
-        return httpx.Client(base_url=base, headers={"X-Argilla-Api-Key": user["api_key"]}, timeout=60)
+    base = f"{server.url}/api/v1"
+    owner = {"X-Argilla-Api-Key": server.api_key}
 
     def queue(user: dict[str, str], body: dict = QUEUE, limit: int = 1000) -> tuple[list[str], int]:
-        with http(user) as h:
+        with http(server, user) as h:
             page = h.post(f"/me/datasets/{dataset.id}/records/search", params={"limit": limit}, json=body).json()
         return [item["record"]["id"] for item in page["items"]], page["total"]
-
-    def submit(user: dict[str, str], record_ids: list[str]) -> None:
-        with http(user) as h:
-            for record_id in record_ids:
-                body = {"values": RANKING, "status": "submitted"}
-                assert h.post(f"/records/{record_id}/responses", json=body).status_code == 201
 
     alice_queue, total = queue(alice)
     bob_queue, _ = queue(bob)
     assert total == 30 and sorted(alice_queue) == sorted(bob_queue) and alice_queue != bob_queue  # own orders
     assert queue(alice, limit=5)[0] == alice_queue[:5]  # pages follow the same order
 
-    submit(alice, alice_queue[:10])  # still pending for bob (overlap 2)
+    submit(server, alice, alice_queue[:10])  # still pending for bob (overlap 2)
     bobs = alice_queue[5:8] + [r for r in bob_queue if r not in alice_queue[5:8]][-3:]
-    submit(bob, bobs)
+    submit(server, bob, bobs)
     completed = set(bobs) & set(alice_queue[:10])
 
     after, total = queue(alice)
@@ -94,19 +136,17 @@ def test_queue_progress_and_metrics_follow_the_responses(argilla_server) -> None
     answered, answered_total = queue(alice, body=SUBMITTED)
     assert answered_total == 10 and sorted(answered) == sorted(alice_queue[:10])
 
-    stored = stored_responses(argilla_server, str(dataset.id))
+    stored = stored_responses(server, str(dataset.id))
     really_completed = {rid for rid, responses in stored.items() if len(responses) >= 2}
     assert really_completed == completed
-    progress = httpx.get(
-        f"{base}/datasets/{dataset.id}/progress", headers={"X-Argilla-Api-Key": argilla_server.api_key}
-    ).json()
+    progress = httpx.get(f"{base}/datasets/{dataset.id}/progress", headers=owner).json()
     assert (progress["total"], progress["completed"], progress["pending"]) == (30, len(completed), 30 - len(completed))
-    with http(bob) as h:
+    with http(server, bob) as h:
         metrics = h.get(f"/me/datasets/{dataset.id}/metrics").json()["responses"]
+        refused = h.post(f"/records/{bob_after[0]}/responses", json={"values": {"ranking": {"value": []}}})
     assert metrics == {"total": 30, "submitted": 6, "discarded": 0, "draft": 0, "pending": 24}
-    users = httpx.get(
-        f"{base}/datasets/{dataset.id}/users/progress", headers={"X-Argilla-Api-Key": argilla_server.api_key}
-    ).json()["users"]
+    assert refused.status_code == 422  # a ranking without its candidates: Argilla's own validation still runs
+    users = httpx.get(f"{base}/datasets/{dataset.id}/users/progress", headers=owner).json()["users"]
     by_user = {user["username"]: user for user in users}
     assert by_user[alice["username"]]["completed"]["submitted"] == len(completed)
     assert by_user[alice["username"]]["pending"]["submitted"] == 10 - len(completed)
@@ -114,32 +154,38 @@ def test_queue_progress_and_metrics_follow_the_responses(argilla_server) -> None
 
     # Deleting records takes their responses out of every count (the responses go by cascade).
     gone = [next(iter(completed)), alice_queue[0], alice_queue[-1]]  # completed; alice alone; not alice
-    owner = {"X-Argilla-Api-Key": argilla_server.api_key}
     deleted = httpx.delete(f"{base}/datasets/{dataset.id}/records", params={"ids": ",".join(gone)}, headers=owner)
     assert deleted.status_code == 204, deleted.text
     progress = httpx.get(f"{base}/datasets/{dataset.id}/progress", headers=owner).json()
     assert (progress["total"], progress["completed"]) == (27, len(completed) - 1)
-    with http(alice) as h:
+    with http(server, alice) as h:
         metrics = h.get(f"/me/datasets/{dataset.id}/metrics").json()["responses"]
     assert metrics == {"total": 27, "submitted": 8, "discarded": 0, "draft": 0, "pending": 19}
     assert queue(alice)[1] == 19 and queue(alice, body=SUBMITTED)[1] == 8
 
 
-def test_the_annotator_queue_is_read_from_an_index(argilla_server) -> None:
-    """EXPLAIN QUERY PLAN of the engine's queue and count statements on the server's database: index searches only,
-    no scan of `records` or `responses` (their time would grow with the dataset)."""
+def engine_statements() -> list[str]:
+    """The queue statements as the engine runs them (read in the server venv, where the engine imports)."""
     script = (
-        "from annotation.server.search_engine import QUEUE_PAGE, QUEUE_TOTAL, ANSWERED_PAGE, ANSWERED_TOTAL\n"
-        "import json; print(json.dumps([QUEUE_PAGE, QUEUE_TOTAL, ANSWERED_PAGE.format(statuses=':s0'), "
-        "ANSWERED_TOTAL.format(statuses=':s0')]))"
+        "import json; from annotation.server.dialects import Dialect\n"
+        "print(json.dumps([Dialect.queue_page, Dialect.answered_page.format(statuses=':s0')]))"
     )
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [str(ensure_server_venv()), "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
     )
-    params = {"ds": "0" * 32, "user": "1" * 32, "start": "8" * 32, "window": 1, "limit": 1, "offset": 0, "s0": "x"}
+    return json.loads(done.stdout)
+
+
+QUEUE_PARAMS = {"window": 1, "limit": 1, "offset": 0, "s0": "submitted"}
+
+
+def test_the_annotator_queue_is_read_from_an_index_on_sqlite(argilla_server: ArgillaServer) -> None:
+    """EXPLAIN QUERY PLAN of the queue statements on the server's database: index searches only, no scan of
+    `records` or `responses` (their time would grow with the dataset)."""
+    params = {"ds": "0" * 32, "user": "1" * 32, "start": "8" * 32, **QUEUE_PARAMS}
     with sqlite3.connect(argilla_server.var_dir / "argilla.db") as db:
-        for statement in json.loads(done.stdout):
+        for statement in engine_statements():
             plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}", params)]
             scans = [step for step in plan if step.startswith("SCAN") and ("records" in step or "responses" in step)]
             assert scans == [], plan
@@ -147,32 +193,111 @@ def test_the_annotator_queue_is_read_from_an_index(argilla_server) -> None:
                 assert any("annotation_ix_records_queue" in step for step in plan), plan
 
 
-def test_kill_9_under_50_annotators_loses_no_acknowledged_response(argilla_server) -> None:
-    client = owner_client(argilla_server)
+def test_the_annotator_queue_is_read_from_an_index_on_postgresql(postgres_server: ArgillaServer, pg_cluster) -> None:
+    """The same on PostgreSQL, with sequential scans priced out (its planner scans small tables whatever the
+    indexes): a Seq Scan left in the plan is one no index can answer."""
+    import psycopg2
+
+    params = {
+        "ds": str(uuid.UUID(int=0)),
+        "user": str(uuid.UUID(int=1)),
+        "start": str(uuid.UUID(int=8)),
+        **QUEUE_PARAMS,
+    }
+    db = psycopg2.connect(pg_cluster.url())
+    with db, db.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        for statement in engine_statements():
+            typed = statement.replace(":ds", "%(ds)s::uuid").replace(":user", "%(user)s::uuid")
+            typed = typed.replace(":start", "%(start)s::uuid").replace(":s0", "%(s0)s")
+            for name in ("window", "limit", "offset"):
+                typed = typed.replace(f":{name}", f"%({name})s")
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {typed}", params)
+            plan = json.dumps(cursor.fetchone()[0])
+            assert '"Seq Scan"' not in plan, plan
+            if "NOT EXISTS" in statement:
+                assert "annotation_ix_records_queue" in plan, plan
+    db.close()
+
+
+def test_the_postgresql_url_stays_private_and_a_start_for_another_database_is_one_line(
+    postgres_server: ArgillaServer, pg_cluster: Cluster
+) -> None:
+    saved = postgres_server.var_dir / "database-url"
+    assert saved.read_text().strip() == pg_cluster.url() and saved.stat().st_mode & 0o777 == 0o600
+    status = postgres_server.run_server("status")
+    assert status.returncode == 0 and "database: postgresql://pipelines:***@/postgres?host=" in status.stdout
+    assert pg_cluster.password not in status.stdout
+    other = postgres_server.run_server("start", "--database-url", "sqlite")
+    assert other.returncode == 2 and other.stderr.startswith("error: a server with another database"), other.stderr
+    assert pg_cluster.password not in other.stderr
+
+
+def test_a_webhook_hears_the_records_completed_by_responses(server: ArgillaServer) -> None:
+    """The status update after a response builds Argilla's record events only when a webhook listens
+    (annotation/server/patches.py): this one listens, and hears each record the second annotator completes."""
+    received: list[dict[str, Any]] = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    client = owner_client(server)
+    dataset, workspace = comparison_dataset(client, 3)
+    alice, bob = annotators(client, workspace, 2)
+    with http(server, alice) as h:
+        page = h.post(f"/me/datasets/{dataset.id}/records/search", json=QUEUE).json()
+    records = [item["record"]["id"] for item in page["items"]]
+    listener = ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    owner = client.api.http_client
+    url = f"http://127.0.0.1:{listener.server_port}/hook"
+    hook = owner.post("/api/v1/webhooks", json={"url": url, "events": ["record.completed"]}).json()
+    try:
+        submit(server, alice, records)
+        submit(server, bob, records[:2])
+        deadline = time.monotonic() + 60
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # anything else would have come by now
+    finally:
+        owner.delete(f"/api/v1/webhooks/{hook['id']}")
+        listener.shutdown()
+    assert sorted((event["type"], event["data"]["id"]) for event in received) == sorted(
+        ("record.completed", record_id) for record_id in records[:2]
+    )
+
+
+def test_kill_9_under_50_annotators_loses_no_acknowledged_response(server: ArgillaServer) -> None:
+    client = owner_client(server)
     dataset, workspace = comparison_dataset(client, 400)
     crowd = annotators(client, workspace, 50)
     tally = Tally()
     work = threading.Thread(
         target=asyncio.run,
-        args=(annotate(argilla_server.url, str(dataset.id), crowd, tally, until=time.monotonic() + 120),),
+        args=(annotate(server.url, str(dataset.id), crowd, tally, until=time.monotonic() + 120),),
     )
     work.start()
     deadline = time.monotonic() + 120
     while tally.submissions < 60 and time.monotonic() < deadline:
         time.sleep(0.05)
-    server_pid = json.loads((argilla_server.var_dir / "server.json").read_text())["processes"]["server"]["pid"]
+    server_pid = json.loads((server.var_dir / "server.json").read_text())["processes"]["server"]["pid"]
     os.killpg(server_pid, signal.SIGKILL)  # the API and every process it started, mid-request
     work.join(150)
     assert tally.submissions >= 60 and tally.unanswered > 0  # killed while annotators were working
 
-    restarted = argilla_server.start()
+    restarted = server.start()
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     # Stored may exceed acknowledged: a response committed just before the kill was never answered.
-    kept = check_nothing_lost(client, argilla_server.url, str(dataset.id), crowd, tally)
+    kept = check_nothing_lost(client, server.url, str(dataset.id), crowd, tally)
     assert kept["lost"] == 0 and kept["acknowledged"] == tally.submissions <= kept["stored"], kept
-    stored = stored_responses(argilla_server, str(dataset.id))
+    stored = stored_responses(server, str(dataset.id))
     progress = httpx.get(
-        f"{argilla_server.url}/api/v1/datasets/{dataset.id}/progress",
-        headers={"X-Argilla-Api-Key": argilla_server.api_key},
+        f"{server.url}/api/v1/datasets/{dataset.id}/progress", headers={"X-Argilla-Api-Key": server.api_key}
     ).json()
     assert progress["completed"] == sum(len(responses) >= 2 for responses in stored.values())

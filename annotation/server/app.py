@@ -42,9 +42,6 @@ def prepare(owner: dict) -> None:
     from argilla_server.database import sync_engine
 
     migrate_db("head")
-    with sync_engine.connect() as connection:
-        # WAL: the server and the worker read while the other writes.
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     with sync_engine.begin() as connection:
         rebuilt = search_engine.ensure_schema(connection)
     if rebuilt:

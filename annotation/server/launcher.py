@@ -5,11 +5,13 @@
     python -m annotation server logs       # tail of the server, worker and Redis logs (--follow)
     python -m annotation server stop
 
-`start` runs Redis (Debian's redis-server) on a free local port, migrates the SQLite database, then
+`start` runs Redis (Debian's redis-server) on a free local port, migrates the database, then
 starts the Argilla API + UI (uvicorn) and its rq worker from `annotation.server.app` in the server's
 own venv (`var/argilla-venv`, pinned in annotation/server/requirements.txt: its pins clash with the
 training stack), with the project's search engine (annotation/server/search_engine.py). All state lives in
-the var dir: `var/argilla` in the repository, `$ANNOTATION_HOME`, or `--home`. The first start creates
+the var dir: `var/argilla` in the repository, `$ANNOTATION_HOME`, or `--home`; the database is a SQLite file
+there, or the PostgreSQL named by `start --database-url postgresql://...` (kept for later starts; the SQLite file
+again with `--database-url sqlite`). The first start creates
 the owner `argilla` with a random password and API key, kept in 0600 files there. Stopped and started
 again, the server keeps all its data. With ARGILLA_API_URL and ARGILLA_API_KEY set, everything talks to
 that external Argilla instead: `start` starts nothing and `status` reports on it.
@@ -37,16 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import UserError, cli_entry, mask_passwords
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 OWNER = "argilla"
-ENGINE = "sqlite-fts5"  # annotation.server.search_engine.ENGINE_NAME (that module imports argilla_server)
+ENGINE = "annotation-sql"  # annotation.server.search_engine.ENGINE_NAME (that module imports argilla_server)
 DEFAULT_PORT = 6900
 DEFAULT_PROCESSES = min(2, os.cpu_count() or 1)
 SERVICES = ("redis", "server", "worker")
 START_HINT = "start it with `python -m annotation server start`"
+SQLITE = "sqlite"  # `--database-url sqlite`: the var dir's own SQLite file (the default)
+POSTGRESQL = ("postgresql://", "postgresql+asyncpg://", "postgres://")
 
 
 def home_dir(flag: str | None = None) -> Path:
@@ -147,6 +151,11 @@ class Paths:
         return self.home / "auth-secret"
 
     @property
+    def database_url_file(self) -> Path:
+        """The PostgreSQL URL given to `start --database-url` (0600: it may hold a password); none: SQLite."""
+        return self.home / "database-url"
+
+    @property
     def lock(self) -> Path:
         return self.home / "start.lock"
 
@@ -155,8 +164,14 @@ class Paths:
         return self.home / "logs"
 
     @property
-    def database_url(self) -> str:
+    def sqlite_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.home / 'argilla.db'}"
+
+    def database_url(self) -> str:
+        """The database the server runs on: the saved PostgreSQL URL, else the SQLite file in the var dir."""
+        if self.database_url_file.is_file():
+            return self.database_url_file.read_text().strip()
+        return self.sqlite_url
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -305,7 +320,7 @@ def _server_env(paths: Paths, redis_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
     env.update(
         ARGILLA_HOME_PATH=str(paths.home),
-        ARGILLA_DATABASE_URL=paths.database_url,
+        ARGILLA_DATABASE_URL=async_database_url(paths.database_url()),
         ARGILLA_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         ARGILLA_SEARCH_ENGINE=ENGINE,
         ARGILLA_ENABLE_TELEMETRY="false",
@@ -377,6 +392,7 @@ def start(args: argparse.Namespace) -> int:
     if external is not None:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
         return 0
+    database = checked_database_url(args.database_url)
     paths = Paths(home_dir(args.home))
     if not paths.home.exists():  # nothing of ours can hold a port yet: fail before writing anything
         _choose_port(args.port, None, None, "the server", "--port")
@@ -385,7 +401,7 @@ def start(args: argparse.Namespace) -> int:
         state = State.load(paths)
         running = state.alive()
         if set(running) == set(SERVICES) and state.url and _healthy(state.url):
-            _same_server(state, paths, args)
+            _same_server(state, paths, args, database)
             also = ": another `start` started it at the same moment" if waited else ""
             print(f"already running at {state.url} (var dir {paths.home}){also}")
             return 0
@@ -400,10 +416,10 @@ def start(args: argparse.Namespace) -> int:
             print(f"server: {problem} ({', '.join(sorted(running))} still running): restarting everything")
             _stop_processes(state)
             state.save(paths)
-        return _start_locked(args, paths, state)
+        return _start_locked(args, paths, state, database)
 
 
-def _start_locked(args: argparse.Namespace, paths: Paths, state: State) -> int:
+def _start_locked(args: argparse.Namespace, paths: Paths, state: State, database: str | None) -> int:
     redis = shutil.which("redis-server")
     if redis is None:
         raise UserError(
@@ -412,6 +428,10 @@ def _start_locked(args: argparse.Namespace, paths: Paths, state: State) -> int:
     state.host = args.host or "127.0.0.1"
     state.port = _choose_port(args.port, state.port, DEFAULT_PORT, "the server", "--port")
     state.redis_port = _choose_port(args.redis_port, None, None, "Redis", "--redis-port")
+    if database == SQLITE:
+        paths.database_url_file.unlink(missing_ok=True)
+    elif database is not None:
+        _write_secret(paths.database_url_file, database)
     paths.logs.mkdir(exist_ok=True)
     python = ensure_server_venv()
     began = time.monotonic()
@@ -423,8 +443,26 @@ def _start_locked(args: argparse.Namespace, paths: Paths, state: State) -> int:
         raise
     print(f"Argilla is running at {state.url} (started in {time.monotonic() - began:.1f} s; var dir {paths.home})")
     print(f"  owner: {OWNER}; API key in {paths.key_file}; password in {paths.password_file}")
+    print(f"  database: {mask_passwords(paths.database_url())}")
     print("  stop it with `python -m annotation server stop`; logs: `python -m annotation server logs`")
     return 0
+
+
+def checked_database_url(value: str | None) -> str | None:
+    """`--database-url` checked: a PostgreSQL URL, or `sqlite` (back to the var dir's SQLite file)."""
+    if value is None or value == SQLITE:
+        return value
+    if not value.startswith(POSTGRESQL):
+        raise UserError(f"--database-url takes a postgresql:// URL or `sqlite`, not {mask_passwords(value)!r}")
+    return value
+
+
+def async_database_url(url: str) -> str:
+    """A PostgreSQL URL with the driver Argilla runs on (asyncpg; its migrations take the sync one themselves)."""
+    for prefix in POSTGRESQL:
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
 
 
 @contextlib.contextmanager
@@ -452,9 +490,13 @@ def _start_lock(paths: Paths, timeout: float) -> Iterator[bool]:
         os.close(descriptor)
 
 
-def _same_server(state: State, paths: Paths, args: argparse.Namespace) -> None:
-    """A running server answers a `start` only if it is the one asked for (port, interface)."""
-    asked = {"port": (args.port, state.port), "interface": (args.host, state.host)}
+def _same_server(state: State, paths: Paths, args: argparse.Namespace, database: str | None) -> None:
+    """A running server answers a `start` only if it is the one asked for (port, interface, database)."""
+    asked = {
+        "port": (args.port, state.port),
+        "interface": (args.host, state.host),
+        "database": (paths.sqlite_url if database == SQLITE else database, paths.database_url()),
+    }
     different = " and ".join(name for name, (want, have) in asked.items() if want is not None and want != have)
     if different:
         raise UserError(
@@ -530,6 +572,7 @@ def status(args: argparse.Namespace) -> int:
             "api_key_file": str(paths.key_file) if key else None,
             "password_file": str(paths.password_file) if paths.password_file.is_file() else None,
             "owner": OWNER,
+            "database": mask_passwords(paths.database_url()),
         }
     report["healthy"] = bool(url) and _healthy(url)
     if report["healthy"] and key:
@@ -547,6 +590,8 @@ def status(args: argparse.Namespace) -> int:
 
 def _print_status(report: dict[str, Any]) -> None:
     print(f"Argilla at {report['url']}: healthy{' (external)' if report['external'] else ''}")
+    if report.get("database"):
+        print(f"  database: {report['database']}")
     if report.get("api_key_file"):
         print(f"  owner {report['owner']}: API key in {report['api_key_file']}, password in {report['password_file']}")
     users = report.get("users", [])
@@ -593,6 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     start_parser.add_argument("--port", type=int, help=f"server port (default: the last one, {DEFAULT_PORT}, or free)")
     start_parser.add_argument("--redis-port", type=int, help="Redis port (default: a free one)")
     start_parser.add_argument("--host", help="interface to serve on (default 127.0.0.1; 0.0.0.0: the whole network)")
+    start_parser.add_argument(
+        "--database-url",
+        help="run on this PostgreSQL (postgresql://user@host/db, kept for later starts; the database must exist); "
+        "`sqlite`: back to the var dir's SQLite file (the default)",
+    )
     start_parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the server to answer")
     start_parser.add_argument(
         "--processes",

@@ -17,11 +17,13 @@ commits that added them.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import functools
 import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 VERSION = "2.8.0"  # the argilla-server every patch here was read from
@@ -45,23 +47,34 @@ _LISTENED = "annotation_webhook_events"  # session.info key: the events the enab
 def _when_heard(notify: Callable[..., Awaitable[list]]) -> Callable[..., Awaitable[list]]:
     """`notify(db, event, obj)` that first checks whether an enabled webhook listens to `event`.
 
-    The enabled webhooks are read once per database session (one request, or one worker job), not once per
-    record: a webhook enabled while a bulk request runs gets events from the next request on.
+    The enabled webhooks are read once per request (or worker job), not once per record: a webhook enabled while a
+    bulk request runs gets events from the next request on.
     """
 
     @functools.wraps(notify)
     async def wrapper(db: Any, event_name: Any, obj: Any) -> list:
-        from argilla_server.contexts import webhooks
-
-        listened = db.info.get(_LISTENED)
-        if listened is None:
-            hooks = await webhooks.list_enabled_webhooks(db)
-            listened = db.info[_LISTENED] = [event for hook in hooks for event in hook.events]
-        if event_name not in listened:
+        if event_name not in await _listened(db):
             return []  # what Argilla's own enqueue returns then, after building the event for nobody
         return await notify(db, event_name, obj)
 
     return wrapper
+
+
+_REQUEST_LISTENED: contextvars.ContextVar[list | None] = contextvars.ContextVar(_LISTENED, default=None)
+
+
+async def _listened(db: Any) -> list:
+    """The events the enabled webhooks listen to, read once per database session, and once per request (asyncio
+    context) for the sessions a request opens: a submission's status update has a session of its own."""
+    from argilla_server.contexts import webhooks
+
+    listened = db.info.get(_LISTENED, _REQUEST_LISTENED.get())
+    if listened is None:
+        hooks = await webhooks.list_enabled_webhooks(db)
+        listened = [event for hook in hooks for event in hook.events]
+        _REQUEST_LISTENED.set(listened)
+    db.info[_LISTENED] = listened
+    return listened
 
 
 def build_events_only_when_heard() -> None:
@@ -273,25 +286,27 @@ def update_statuses_without_retries() -> None:
     then the update), retried with exponential back-off (sleeps of 1 s, 2 s, 4 s... up to 15 s) on any database
     error: two submissions at once collided, and each retry was a sleep in the request. Here the status is set by
     one UPDATE that counts the record's submitted responses itself (the same rule: overlap, completed once
-    `min_submitted` are submitted), under the write lock of `serialize_sqlite_writers`: the later of two concurrent
-    updates always sees both responses, without retries, and the lock is held for one statement instead of four.
-    The record is read after the commit for Argilla's own events."""
-    from datetime import datetime
-
+    `min_submitted` are submitted), without retries: on SQLite under the write lock of `serialize_sqlite_writers`,
+    on PostgreSQL in a statement that starts after the response's commit; either way the later of two concurrent
+    updates sees both responses. The record is read after the commit, for Argilla's events, only when a webhook
+    listens to one (else its events go to nobody) or the search engine is another one (it indexes the status)."""
     from argilla_server.contexts import distribution
     from argilla_server.database import AsyncSessionLocal
     from argilla_server.models import Record
     from argilla_server.webhooks.v1.enums import RecordEvent
-    from sqlalchemy import text
+    from sqlalchemy.orm import selectinload
 
     from annotation.server import search_engine as engine
 
     async def update_record_status(search_engine: Any, record_id: Any) -> Any:
         async with AsyncSessionLocal() as db:
-            now = datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
-            await db.execute(text(engine.SET_STATUS), {"id": record_id.hex, "now": now})
+            await engine.set_record_status(db, record_id)
             await db.commit()
-            record = await Record.get_or_raise(db, record_id)
+            events = {RecordEvent.updated, RecordEvent.completed} & set(await _listened(db))
+            if not events and isinstance(search_engine, engine.SQLSearchEngine):
+                return None  # nobody to tell: the callers do not use the record
+            options = [selectinload(Record.dataset), selectinload(Record.responses_submitted)]  # as Argilla loads it
+            record = await Record.get_or_raise(db, record_id, options=options)
             await search_engine.partial_record_update(record, status=record.status)
             await distribution.notify_record_event_v1(db, RecordEvent.updated, record)
             if record.is_completed():
@@ -315,6 +330,69 @@ def users_progress_from_counts() -> None:
     _replace(datasets, "get_dataset_users_progress", get_dataset_users_progress)
 
 
+_AUTHENTICATED = "annotation_authenticated_user"  # session.info key: the user the request's API key named
+
+
+def authenticate_once() -> None:
+    """Argilla reads the requesting user twice per request: by API key (with its workspaces) to authenticate, then
+    by username (with its workspaces again) to use: two of a queue fetch's ten statements. The second read is
+    given the user the first one loaded in the same database session (a bearer token still reads it once)."""
+    from argilla_server.contexts import accounts
+
+    by_api_key = _target(accounts, "get_user_by_api_key")
+    by_username = _target(accounts, "get_user_by_username")
+
+    async def get_user_by_api_key(db: Any, api_key: str) -> Any:
+        user = await by_api_key(db, api_key)
+        if user is not None:
+            db.info[_AUTHENTICATED] = user
+        return user
+
+    async def get_user_by_username(db: Any, username: str) -> Any:
+        user = db.info.get(_AUTHENTICATED)
+        if user is not None and user.username == username:
+            return user
+        return await by_username(db, username)
+
+    _replace(accounts, "get_user_by_api_key", get_user_by_api_key)
+    _replace(accounts, "get_user_by_username", get_user_by_username)
+
+
+def parse_settings_with_one_adapter() -> None:
+    """`Question.parsed_settings` and `MetadataProperty.parsed_settings` built a pydantic TypeAdapter (its whole
+    schema) on every call: a submission validates its values against each question's settings, and building the
+    adapter was most of that. One adapter per settings type, built once, validates the same way."""
+    from argilla_server.api.schemas.v1.questions import QuestionSettings
+    from argilla_server.models import MetadataProperty, Question
+    from argilla_server.models.metadata_properties import MetadataPropertySettings
+    from pydantic import TypeAdapter
+
+    for model, settings_type in ((Question, QuestionSettings), (MetadataProperty, MetadataPropertySettings)):
+        adapter = TypeAdapter(settings_type)
+        _replace(
+            model, "parsed_settings", property(lambda self, adapter=adapter: adapter.validate_python(self.settings))
+        )
+
+
+ACTIVITY_RESOLUTION = timedelta(seconds=1)
+
+
+def touch_last_activity_once_a_second() -> None:
+    """Every response wrote its dataset's `last_activity_at` (the UI's "last activity"): one more write per
+    submission, and on PostgreSQL every annotator's transaction queued on the same dataset row until its commit.
+    A dataset whose loaded `last_activity_at` is less than a second old is left as it is."""
+    from argilla_server.contexts import datasets
+
+    touch = _target(datasets, "_touch_dataset_last_activity_at")
+
+    async def touch_once_a_second(db: Any, dataset: Any) -> None:
+        last = dataset.__dict__.get("last_activity_at")  # as loaded by this request, never a lazy load
+        if last is None or datetime.utcnow() - last >= ACTIVITY_RESOLUTION:
+            await touch(db, dataset)
+
+    _replace(datasets, "_touch_dataset_last_activity_at", touch_once_a_second)
+
+
 PATCHES: tuple[Callable[[], None], ...] = (
     build_events_only_when_heard,
     validate_without_throwaway_records,
@@ -323,6 +401,9 @@ PATCHES: tuple[Callable[[], None], ...] = (
     serialize_sqlite_writers,
     update_statuses_without_retries,
     users_progress_from_counts,
+    authenticate_once,
+    parse_settings_with_one_adapter,
+    touch_last_activity_once_a_second,
 )
 
 

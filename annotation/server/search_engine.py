@@ -1,25 +1,23 @@
-"""Argilla's search engine without Elasticsearch: SQL over Argilla's own SQLite tables.
+"""Argilla's search engine without Elasticsearch: SQL over Argilla's own tables, on SQLite or PostgreSQL.
 
-Runs inside the Argilla server's venv (imports only argilla_server, its dependencies and the
-standard library). Registered as `ARGILLA_SEARCH_ENGINE=sqlite-fts5`; `annotation.server.app`
-imports this module so the server and the rq worker both know it.
+Runs inside the Argilla server's venv (imports only argilla_server, its dependencies and the standard library).
+Registered as `ARGILLA_SEARCH_ENGINE=annotation-sql`; `annotation.server.app` imports this module so the server and
+the rq worker both know it.
 
-Why the database is the index: Argilla creates one engine instance per request (and the worker
-its own), so nothing can live in memory. Records, responses, suggestions and vectors are already in
-the database, so filters, sorting, progress and metrics are queries over those tables, and the
-write hooks Elasticsearch needs (`index_records`, `update_record_response`, ...) have nothing to
-do. The derived structures are kept by triggers inside the same transaction as the write, so a kill -9
-can never leave them behind the data: a full-text index (SQLite FTS5), and the counts an annotator
-waits for (records per dataset and status; responses per dataset, user, response status and record
-status), which with an index on `records (dataset_id, status, id)` answer the UI's queue, progress and
-metrics without scanning the dataset (`_queue_page`, `get_dataset_progress`, `users_progress`).
+Why the database is the index: Argilla creates one engine instance per request (and the worker its own), so
+nothing can live in memory. Records, responses, suggestions and vectors are already in the database, so filters,
+sorting, progress and metrics are queries over those tables, and the write hooks Elasticsearch needs
+(`index_records`, `update_record_response`, ...) have nothing to do. The derived structures are kept by triggers
+inside the same transaction as the write, so a kill -9 can never leave them behind the data: a full-text index
+(SQLite FTS5, or PostgreSQL `tsvector` rows with a GIN index), and the counts an annotator waits for (records per
+dataset and status; responses per dataset, user, response status and record status), which with an index on
+`records (dataset_id, status, id)` answer the UI's queue, progress and metrics without scanning the dataset
+(`_queue_page`, `get_dataset_progress`, `users_progress`). What differs between the two databases is in
+`annotation/server/dialects/`; the statements here are built from its fragments.
 
-FTS rows: one per (record, field); rowid = doc * 256 + the field's position in its dataset, where
-`doc` is a stable integer per record (`annotation_search_docs`, never reused), so its rows are one rowid
-range. Text queries follow Elasticsearch's `simple_query_string` as Argilla uses it: terms are
-ANDed, `|` is OR, `+` AND, `-` NOT, `"..."` a phrase, `word*` a prefix, parentheses group; a
-record matches when its fields (or the named field) match, across fields. Vector similarity is an
-exact cosine search.
+Text queries follow Elasticsearch's `simple_query_string` as Argilla uses it: terms are ANDed, `|` is OR, `+` AND,
+`-` NOT, `"..."` a phrase, `word*` a prefix, parentheses group; a record matches when its fields (or the named
+field) match, across fields. Vector similarity is an exact cosine search.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ import hashlib
 import json
 import math
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -60,179 +57,19 @@ from argilla_server.search_engine.base import (
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
-ENGINE_NAME = "sqlite-fts5"
-FIELD_SLOTS = 256  # FTS rowids per record: fields beyond this many in one dataset are not text-searchable
+from annotation.server.dialects import FIELD_POSITION, RECORD_COUNTS, RESPONSE_COUNTS, Dialect, Term, for_name
+
+ENGINE_NAME = "annotation-sql"
 MAX_TERMS = 2**14  # as many terms as Elasticsearch's terms aggregation returns
-
-DOCS = "annotation_search_docs"
-TEXT = "annotation_search_text"
-FIELD_TEXT = "annotation_search_field_text"
-
-# A field's position among its dataset's fields (stable: fields are fixed once a dataset has records).
-_FIELD_POSITION = (
-    "(SELECT COUNT(*) FROM fields f2 WHERE f2.dataset_id = f.dataset_id "
-    "AND (f2.inserted_at, f2.id) < (f.inserted_at, f.id))"
-)
-# Searchable text of a field value: strings as they are, chat messages and custom objects as their leaf values.
-_LEAVES = "(SELECT group_concat(t.atom, ' ') FROM json_tree(je.value) t WHERE t.atom IS NOT NULL)"
-_RANGE = f"BETWEEN {{doc}} * {FIELD_SLOTS} AND {{doc}} * {FIELD_SLOTS} + {FIELD_SLOTS - 1}"
-_OLD_DOC = f"(SELECT doc FROM {DOCS} WHERE record_id = OLD.id)"
-_REINDEX_NEW = (
-    f"INSERT INTO {TEXT}(rowid, content) SELECT text_rowid, content FROM {FIELD_TEXT} "
-    "WHERE record_id = NEW.id AND content IS NOT NULL AND content != '';"
-)
-
-SCHEMA = [
-    f"CREATE TABLE IF NOT EXISTS {DOCS} (doc INTEGER PRIMARY KEY AUTOINCREMENT, record_id CHAR(32) NOT NULL UNIQUE, "
-    "dataset_id CHAR(32) NOT NULL)",
-    f"CREATE INDEX IF NOT EXISTS ix_{DOCS}_dataset_id ON {DOCS} (dataset_id)",
-    f"CREATE VIRTUAL TABLE IF NOT EXISTS {TEXT} USING fts5(content, tokenize = 'unicode61 remove_diacritics 2')",
-    f"""CREATE VIEW IF NOT EXISTS {FIELD_TEXT} AS
-    SELECT r.id AS record_id, r.dataset_id AS dataset_id, d.doc * {FIELD_SLOTS} + {_FIELD_POSITION} AS text_rowid,
-           CASE je.type WHEN 'text' THEN je.value WHEN 'null' THEN NULL
-                WHEN 'object' THEN {_LEAVES} WHEN 'array' THEN {_LEAVES} ELSE CAST(je.value AS TEXT) END AS content
-    FROM records r
-    JOIN {DOCS} d ON d.record_id = r.id
-    JOIN fields f ON f.dataset_id = r.dataset_id AND json_extract(f.settings, '$.type') IS NOT 'image'
-    JOIN json_each(r.fields) je ON je.key = f.name
-    WHERE {_FIELD_POSITION} < {FIELD_SLOTS}""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_search_records_insert AFTER INSERT ON records BEGIN
-    INSERT OR REPLACE INTO {DOCS}(record_id, dataset_id) VALUES (NEW.id, NEW.dataset_id);
-    {_REINDEX_NEW}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_search_records_update AFTER UPDATE OF fields ON records BEGIN
-    DELETE FROM {TEXT} WHERE rowid {_RANGE.format(doc=_OLD_DOC)};
-    {_REINDEX_NEW}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_search_records_delete AFTER DELETE ON records BEGIN
-    DELETE FROM {TEXT} WHERE rowid {_RANGE.format(doc=_OLD_DOC)};
-    DELETE FROM {DOCS} WHERE record_id = OLD.id;
-    END""",
-]
-# Rebuild the text index of some records' datasets (records written before the triggers existed).
-REBUILD = [
-    f"DELETE FROM {TEXT} WHERE rowid IN (SELECT t.rowid FROM {TEXT} t JOIN {DOCS} d ON d.doc = t.rowid / {FIELD_SLOTS} "
-    "WHERE d.dataset_id IN ({datasets}))",
-    f"DELETE FROM {DOCS} WHERE dataset_id IN ({{datasets}})",
-    f"INSERT INTO {DOCS}(record_id, dataset_id) SELECT id, dataset_id FROM records WHERE dataset_id IN ({{datasets}}) "
-    "ORDER BY inserted_at, id",
-    f"INSERT INTO {TEXT}(rowid, content) SELECT text_rowid, content FROM {FIELD_TEXT} "
-    "WHERE dataset_id IN ({datasets}) AND content IS NOT NULL AND content != ''",
-]
-# Datasets whose records and docs disagree (a database the stock server wrote, or one restored from a backup).
-STALE_DATASETS = (
-    "SELECT ds FROM (SELECT dataset_id AS ds, 1 AS n, 0 AS m FROM records "
-    f"UNION ALL SELECT dataset_id, 0, 1 FROM {DOCS}) GROUP BY ds HAVING SUM(n) != SUM(m)"
-)
+_DIALECTS: dict[str, Dialect] = {}
 
 
-RECORD_COUNTS = "annotation_record_counts"
-RESPONSE_COUNTS = "annotation_response_counts"
-# Records per (dataset, status) and responses per (dataset, user, response status, record status), kept by triggers
-# in the writing transaction: progress, metrics and an annotator's queue size are read from them, not counted.
-_RESPONSES_OF_OLD = (
-    f"UPDATE {RESPONSE_COUNTS} SET n = n - (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = OLD.id "
-    f"AND rs.user_id = {RESPONSE_COUNTS}.user_id AND rs.status = {RESPONSE_COUNTS}.status) "
-    "WHERE dataset_id = OLD.dataset_id AND record_status = OLD.status "
-    "AND user_id IN (SELECT user_id FROM responses WHERE record_id = OLD.id);"
-)
-_ONE_RESPONSE = (
-    f"INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n) "
-    "SELECT r.dataset_id, NEW.user_id, NEW.status, r.status, 1 FROM records r WHERE r.id = NEW.record_id "
-    "ON CONFLICT DO UPDATE SET n = n + 1;"
-)
-_NO_RESPONSE = (
-    f"UPDATE {RESPONSE_COUNTS} SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status "
-    "AND (dataset_id, record_status) IN (SELECT r.dataset_id, r.status FROM records r WHERE r.id = OLD.record_id);"
-)
-COUNTS_SCHEMA = [
-    f"CREATE TABLE IF NOT EXISTS {RECORD_COUNTS} (dataset_id CHAR(32) NOT NULL, status VARCHAR NOT NULL, "
-    "n INTEGER NOT NULL, PRIMARY KEY (dataset_id, status)) WITHOUT ROWID",
-    f"CREATE TABLE IF NOT EXISTS {RESPONSE_COUNTS} (dataset_id CHAR(32) NOT NULL, user_id CHAR(32) NOT NULL, "
-    "status VARCHAR NOT NULL, record_status VARCHAR NOT NULL, n INTEGER NOT NULL, "
-    "PRIMARY KEY (dataset_id, user_id, status, record_status)) WITHOUT ROWID",
-    # An annotator's queue (pending records it has not answered) walked in id order from a per-user start.
-    "CREATE INDEX IF NOT EXISTS annotation_ix_records_queue ON records (dataset_id, status, id)",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_insert AFTER INSERT ON records BEGIN
-    INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_status AFTER UPDATE OF status ON records
-    WHEN OLD.status IS NOT NEW.status BEGIN
-    UPDATE {RECORD_COUNTS} SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
-    INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
-    {_RESPONSES_OF_OLD}
-    INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n)
-    SELECT NEW.dataset_id, user_id, status, NEW.status, COUNT(*) FROM responses WHERE record_id = NEW.id
-    GROUP BY user_id, status ON CONFLICT DO UPDATE SET n = n + excluded.n;
-    END""",
-    # A deleted record's responses go by cascade after it, when it can no longer be looked up: counted off here.
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_records_delete BEFORE DELETE ON records BEGIN
-    UPDATE {RECORD_COUNTS} SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
-    {_RESPONSES_OF_OLD}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_insert AFTER INSERT ON responses
-    BEGIN {_ONE_RESPONSE} END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_status AFTER UPDATE OF status ON responses
-    WHEN OLD.status IS NOT NEW.status BEGIN {_NO_RESPONSE} {_ONE_RESPONSE} END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_responses_delete AFTER DELETE ON responses
-    BEGIN {_NO_RESPONSE} END""",
-    f"""CREATE TRIGGER IF NOT EXISTS annotation_counts_datasets_delete AFTER DELETE ON datasets BEGIN
-    DELETE FROM {RECORD_COUNTS} WHERE dataset_id = OLD.id;
-    DELETE FROM {RESPONSE_COUNTS} WHERE dataset_id = OLD.id;
-    END""",
-]
-# Count some datasets again (records written before the triggers existed, or by a server without them).
-RECOUNT = [
-    f"DELETE FROM {RECORD_COUNTS} WHERE dataset_id IN ({{datasets}})",
-    f"INSERT INTO {RECORD_COUNTS} (dataset_id, status, n) SELECT dataset_id, status, COUNT(*) FROM records "
-    "WHERE dataset_id IN ({datasets}) GROUP BY dataset_id, status",
-    f"DELETE FROM {RESPONSE_COUNTS} WHERE dataset_id IN ({{datasets}})",
-    f"INSERT INTO {RESPONSE_COUNTS} (dataset_id, user_id, status, record_status, n) "
-    "SELECT r.dataset_id, rs.user_id, rs.status, r.status, COUNT(*) FROM responses rs JOIN records r "
-    "ON r.id = rs.record_id WHERE r.dataset_id IN ({datasets}) GROUP BY r.dataset_id, rs.user_id, rs.status, r.status",
-]
-_COUNTED_RECORDS = "SELECT dataset_id, status, COUNT(*) FROM records GROUP BY dataset_id, status"
-_COUNTED_RESPONSES = (
-    "SELECT r.dataset_id, rs.user_id, rs.status, r.status, COUNT(*) FROM responses rs JOIN records r "
-    "ON r.id = rs.record_id GROUP BY r.dataset_id, rs.user_id, rs.status, r.status"
-)
-_KEPT_RECORDS = f"SELECT dataset_id, status, n FROM {RECORD_COUNTS} WHERE n != 0"
-_KEPT_RESPONSES = f"SELECT dataset_id, user_id, status, record_status, n FROM {RESPONSE_COUNTS} WHERE n != 0"
-STALE_COUNTS = (
-    f"SELECT dataset_id FROM ({_COUNTED_RECORDS} EXCEPT {_KEPT_RECORDS}) "
-    f"UNION SELECT dataset_id FROM ({_KEPT_RECORDS} EXCEPT {_COUNTED_RECORDS}) "
-    f"UNION SELECT dataset_id FROM ({_COUNTED_RESPONSES} EXCEPT {_KEPT_RESPONSES}) "
-    f"UNION SELECT dataset_id FROM ({_KEPT_RESPONSES} EXCEPT {_COUNTED_RESPONSES})"
-)
-
-
-# Records whose status disagrees with their submitted responses (overlap: completed once `min_submitted` are
-# submitted): a server killed between a response's commit and its record's status update leaves one behind.
-# Looked for among the records with responses or completed only.
-_DUE_STATUS = (
-    "CASE WHEN (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = records.id AND rs.status = 'submitted') >= "
-    "(SELECT json_extract(d.distribution, '$.min_submitted') FROM datasets d WHERE d.id = records.dataset_id) "
-    "THEN 'completed' ELSE 'pending' END"
-)
-SET_STATUS = (
-    f"UPDATE records SET status = {_DUE_STATUS}, updated_at = :now WHERE id = :id AND status IS NOT {_DUE_STATUS}"
-)
-REPAIR_STATUSES = (
-    f"UPDATE records SET status = {_DUE_STATUS} WHERE (id IN (SELECT record_id FROM responses) "
-    f"OR status = 'completed') AND status IS NOT {_DUE_STATUS}"
-)
-
-
-def _rebuild(connection: Any, statements: list[str], stale_query: str) -> int:
-    """Run `statements` for the datasets `stale_query` names; returns how many there were."""
-    stale = [row[0] for row in connection.execute(text(stale_query)) if row[0] is not None]
-    datasets = ", ".join(f"'{dataset_id}'" for dataset_id in stale if re.fullmatch(r"[0-9a-f]{32}", dataset_id))
-    if datasets:
-        for statement in statements:
-            connection.execute(text(statement.format(datasets=datasets)))
-    return len(stale)
+def dialect_of(db: Any) -> Dialect:
+    """The dialect of a session or connection's database."""
+    name = db.bind.dialect.name if hasattr(db, "bind") and db.bind is not None else db.dialect.name
+    if name not in _DIALECTS:
+        _DIALECTS[name] = for_name(name)
+    return _DIALECTS[name]
 
 
 def ensure_schema(connection: Any) -> int:
@@ -241,33 +78,36 @@ def ensure_schema(connection: Any) -> int:
 
     `connection` is a SQLAlchemy sync connection (the launcher's migrate step); the caller commits.
     """
-    for statement in SCHEMA + COUNTS_SCHEMA:
-        connection.execute(text(statement))
-    rebuilt = _rebuild(connection, REBUILD, STALE_DATASETS)
-    _rebuild(connection, RECOUNT, STALE_COUNTS)
-    connection.execute(text(REPAIR_STATUSES))
-    return rebuilt
+    return dialect_of(connection).ensure_schema(connection)
+
+
+async def set_record_status(db: AsyncSession, record_id: UUID) -> None:
+    """Set a record's status from its submitted responses, in one statement (overlap: completed once
+    `min_submitted` are submitted)."""
+    dialect = dialect_of(db)
+    now = dialect.timestamp(datetime.now(UTC).replace(tzinfo=None))
+    await db.execute(text(dialect.set_status), {"id": dialect.ident(record_id), "now": now})
 
 
 # ------------------------------------------------------------------------------------------------ text queries
 
 
-def _fts_term(word: str) -> str | None:
-    """One `simple_query_string` word or phrase as an FTS5 string; None when it has nothing to search for."""
+def _term(word: str) -> Term | None:
+    """One `simple_query_string` word or phrase; None when it has nothing to search for."""
     phrase = word.startswith('"')
     word = word.strip('"') if phrase else re.sub(r"~\d*$", "", word)
     prefix = not phrase and word.endswith("*")
     word = word.rstrip("*") if prefix else word
     if not re.search(r"\w", word):
         return None
-    return '"' + word.replace('"', '""') + '"' + (" *" if prefix else "")
+    return Term(word, prefix)
 
 
 _TOKENS = re.compile(r'\s*(?:(?P<op>[|+()])|(?P<neg>-)(?=\S)|(?P<word>"[^"]*"?|[^\s|+()"]+))')
 
 
 class _QueryParser:
-    """`simple_query_string` syntax -> a tree of ("or"|"and", [nodes]), ("not", node), ("term", fts5 string)."""
+    """`simple_query_string` syntax -> a tree of ("or"|"and", [nodes]), ("not", node), ("term", Term)."""
 
     def __init__(self, query: str) -> None:
         self.tokens = [(m.lastgroup, m.group(m.lastgroup)) for m in _TOKENS.finditer(query) if m.lastgroup is not None]
@@ -310,7 +150,7 @@ class _QueryParser:
             if self._peek() == ")":
                 self.pos += 1
             return node
-        term = _fts_term(value)
+        term = _term(value)
         return ("term", term) if term is not None else None
 
 
@@ -321,7 +161,7 @@ def _combine(kind: str, parts: list[tuple | None]) -> tuple | None:
     return (kind, kept)
 
 
-def _positive_terms(node: tuple, negated: bool = False) -> list[str]:
+def _positive_terms(node: tuple, negated: bool = False) -> list[Term]:
     """The terms that add to a record's score (those not under a NOT)."""
     if node[0] == "term":
         return [] if negated else [node[1]]
@@ -333,12 +173,11 @@ def _positive_terms(node: tuple, negated: bool = False) -> list[str]:
 # ------------------------------------------------------------------------------------------------ SQL building
 
 
-def _hex(value: UUID | str) -> str:
-    return value.hex if isinstance(value, UUID) else UUID(str(value)).hex
-
-
-def _json_path(name: str) -> str:
-    return '$."' + name.replace('"', '""') + '"'
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return value if isinstance(value, UUID) else UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _as_float(value: Any) -> float | None:
@@ -349,8 +188,8 @@ def _as_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _as_timestamp(value: Any) -> str | None:
-    """A filter bound on inserted_at/updated_at in SQLite's stored format (numbers are epoch milliseconds)."""
+def _as_moment(value: Any) -> datetime | None:
+    """A filter bound on inserted_at/updated_at as a naive UTC datetime (numbers are epoch milliseconds)."""
     try:
         if isinstance(value, int | float):
             moment = datetime.fromtimestamp(value / 1000, tz=UTC)
@@ -358,9 +197,7 @@ def _as_timestamp(value: Any) -> str | None:
             moment = datetime.fromisoformat(str(value))
     except (ValueError, OverflowError, OSError):
         return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 class _Sql:
@@ -368,8 +205,11 @@ class _Sql:
 
     RECORD_COLUMNS = frozenset({"id", "external_id", "inserted_at", "updated_at", "status"})
 
-    def __init__(self, dataset_id: UUID, metadata_types: dict[str, str], field_positions: dict[str, int]) -> None:
-        self.params: dict[str, Any] = {"dataset_id": dataset_id.hex}
+    def __init__(
+        self, dialect: Dialect, dataset_id: UUID, metadata_types: dict[str, str], field_positions: dict[str, int]
+    ) -> None:
+        self.dialect = dialect
+        self.params: dict[str, Any] = {"dataset_id": dialect.ident(dataset_id)}
         self.metadata_types = metadata_types
         self.field_positions = field_positions
 
@@ -381,45 +221,36 @@ class _Sql:
     def bind_all(self, values: Iterable[Any]) -> str:
         return ", ".join(self.bind(value) for value in values) or "NULL"
 
+    def path(self, *keys: str) -> str:
+        return self.bind(self.dialect.path(*keys))
+
     # ---- text
 
-    def _field_clause(self, field: str | None, rowid: str) -> str:
+    def _position(self, field: str | None) -> int | None:
         if field is None:
-            return ""
+            return None
         if field not in self.field_positions:
             raise ValueError(f"Field {field} not found in dataset")
-        return f" AND {rowid} % {FIELD_SLOTS} = {self.bind(self.field_positions[field])}"
+        return self.field_positions[field]
 
     def text_match(self, node: tuple, field: str | None) -> str:
         if node[0] == "term":
-            return (
-                f"r.id IN (SELECT d.record_id FROM {TEXT} JOIN {DOCS} d ON d.doc = {TEXT}.rowid / {FIELD_SLOTS} "
-                f"WHERE {TEXT} MATCH {self.bind(node[1])} AND d.dataset_id = :dataset_id"
-                f"{self._field_clause(field, f'{TEXT}.rowid')})"
-            )
+            return f"r.id IN ({self.dialect.text_match(node[1], self._position(field), self.bind)})"
         if node[0] == "not":
             return f"NOT ({self.text_match(node[1], field)})"
         joiner = " AND " if node[0] == "and" else " OR "
         return "(" + joiner.join(self.text_match(child, field) for child in node[1]) + ")"
 
     def text_scores(self, node: tuple, field: str | None) -> str | None:
-        """A subquery of (record_id, score): the sum of BM25 over the matching fields of the positive terms."""
+        """A subquery of (record_id, score): relevance summed over the matching fields of the positive terms."""
         terms = _positive_terms(node)
-        if not terms:
-            return None
-        # bm25() is only allowed where FTS5 drives the query: LIMIT -1 keeps SQLite from flattening the subquery.
-        return (
-            f"SELECT d.record_id AS record_id, SUM(s) AS score FROM (SELECT rowid AS text_rowid, -bm25({TEXT}) AS s "
-            f"FROM {TEXT} WHERE {TEXT} MATCH {self.bind(' OR '.join(terms))}{self._field_clause(field, 'rowid')} "
-            f"LIMIT -1) JOIN {DOCS} d ON d.doc = text_rowid / {FIELD_SLOTS} WHERE d.dataset_id = :dataset_id "
-            "GROUP BY d.record_id"
-        )
+        return self.dialect.text_scores(terms, self._position(field), self.bind) if terms else None
 
     # ---- filters
 
     def filter(self, filter_: Filter) -> str:
         if isinstance(filter_, AndFilter):
-            return "(" + " AND ".join([self.filter(f) for f in filter_.filters] or ["1"]) + ")"
+            return "(" + " AND ".join([self.filter(f) for f in filter_.filters] or ["TRUE"]) + ")"
         scope = filter_.scope
         if isinstance(scope, ResponseFilterScope):
             return self._response_filter(filter_, scope)
@@ -444,23 +275,23 @@ class _Sql:
             if bound is not None:
                 value = convert(bound)
                 if value is None:
-                    return "0"
+                    return "FALSE"
                 bounds.append(f"{expression} {op} {self.bind(value)}")
         return "(" + " AND ".join(bounds) + ")"
 
     def _value_match(self, filter_: Filter, json_column: str, path: str) -> str:
         """Any value at `path` (a list matches when one of its items does) is in the terms / in the range."""
-        each = f"json_each({json_column}, {self.bind(path)})"
+        dialect = self.dialect
         return (
-            f"EXISTS (SELECT 1 FROM {each} v WHERE "
-            f"{self._terms_or_range(filter_, 'CAST(v.value AS TEXT)', 'CAST(v.value AS REAL)')})"
+            f"EXISTS (SELECT 1 FROM {dialect.each(json_column, path)} WHERE "
+            f"{self._terms_or_range(filter_, dialect.item_text, dialect.item_number)})"
         )
 
     def _response_filter(self, filter_: Filter, scope: ResponseFilterScope) -> str:
-        by_user = f" AND rs.user_id = {self.bind(scope.user.id.hex)}" if scope.user else ""
+        by_user = f" AND rs.user_id = {self.bind(self.dialect.ident(scope.user.id))}" if scope.user else ""
         responses = f"SELECT 1 FROM responses rs WHERE rs.record_id = r.id{by_user}"
         if scope.question:
-            value = self._value_match(filter_, 'rs."values"', _json_path(scope.question) + ".value")
+            value = self._value_match(filter_, 'rs."values"', self.path(scope.question, "value"))
             return f"EXISTS ({responses} AND {value})"
         if scope.property != "status" or not isinstance(filter_, TermsFilter):
             raise ValueError(f"Cannot process filter scope {scope}")
@@ -471,20 +302,21 @@ class _Sql:
         if answered:
             parts.append(f"EXISTS ({responses} AND rs.status IN ({self.bind_all(answered)}))")
         elif not parts:
-            parts.append(f"EXISTS ({responses})" if scope.user else "1")
+            parts.append(f"EXISTS ({responses})" if scope.user else "TRUE")
         return "(" + " OR ".join(parts) + ")"
 
     def _suggestion_filter(self, filter_: Filter, scope: SuggestionFilterScope) -> str:
+        dialect = self.dialect
         if scope.property in ("agent", "type"):
-            match = self._terms_or_range(filter_, f"s.{scope.property}", f"CAST(s.{scope.property} AS REAL)")
-        elif scope.property == "score":
-            if isinstance(filter_, TermsFilter):
-                scores = [score for score in map(_as_float, filter_.values) if score is not None]
-                match = f"EXISTS (SELECT 1 FROM json_each(s.score) v WHERE v.value IN ({self.bind_all(scores)}))"
-            else:
-                match = self._value_match(filter_, "s.score", "$")
+            match = self._terms_or_range(filter_, f"s.{scope.property}", "NULL")
+        elif scope.property == "score" and isinstance(filter_, TermsFilter):
+            scores = [score for score in map(_as_float, filter_.values) if score is not None]
+            match = (
+                f"EXISTS (SELECT 1 FROM {dialect.each('s.score', self.path())} "
+                f"WHERE {dialect.item_number} IN ({self.bind_all(scores)}))"
+            )
         else:
-            match = self._value_match(filter_, "s.value", "$")
+            match = self._value_match(filter_, f"s.{'score' if scope.property == 'score' else 'value'}", self.path())
         return (
             "EXISTS (SELECT 1 FROM suggestions s JOIN questions q ON q.id = s.question_id "
             f"WHERE s.record_id = r.id AND q.dataset_id = :dataset_id AND q.name = {self.bind(scope.question)} "
@@ -492,39 +324,37 @@ class _Sql:
         )
 
     def _metadata_filter(self, filter_: Filter, scope: MetadataFilterScope) -> str:
-        path = _json_path(scope.metadata_property)
         if isinstance(filter_, RangeFilter):
-            return self._range(filter_, self.metadata_value(scope.metadata_property, numeric=True), _as_float)
-        return self._value_match(filter_, 'r."metadata"', path)
+            return self._range(filter_, self.metadata_keys(scope.metadata_property, numeric=True)[0], _as_float)
+        return self._value_match(filter_, 'r."metadata"', self.path(scope.metadata_property))
 
-    def metadata_value(self, name: str, numeric: bool | None = None) -> str:
+    def metadata_keys(self, name: str, numeric: bool | None = None) -> list[str]:
+        """The sort keys of a metadata property's value (its number, for integer and float properties)."""
         numeric = self.metadata_types.get(name) in ("integer", "float") if numeric is None else numeric
-        path = self.bind(_json_path(name))
-        if not numeric:
-            return f'json_extract(r."metadata", {path})'
-        return (
-            f"CASE WHEN json_type(r.\"metadata\", {path}) IN ('integer', 'real', 'text') "
-            f'THEN CAST(json_extract(r."metadata", {path}) AS REAL) END'
-        )
+        path = self.path(name)
+        if numeric:
+            return [self.dialect.number('r."metadata"', path)]
+        return self.dialect.value('r."metadata"', path)
 
     def _record_filter(self, filter_: Filter, scope: RecordFilterScope) -> str:
         column = self.record_column(scope.property)
         convert: Any = str
         if scope.property == "id":
-            convert = self._uuid_hex
+            convert = self._ident
         elif scope.property in ("inserted_at", "updated_at"):
-            convert = _as_timestamp
+            convert = self._moment
         if isinstance(filter_, TermsFilter):
             values = [value for value in map(convert, filter_.values) if value is not None]
             return f"{column} IN ({self.bind_all(values)})"
         return self._range(filter_, column, convert)
 
-    @staticmethod
-    def _uuid_hex(value: Any) -> str | None:
-        try:
-            return _hex(value)
-        except ValueError:
-            return None
+    def _ident(self, value: Any) -> Any:
+        uuid = _uuid(value)
+        return None if uuid is None else self.dialect.ident(uuid)
+
+    def _moment(self, value: Any) -> Any:
+        moment = _as_moment(value)
+        return None if moment is None else self.dialect.timestamp(moment)
 
     def record_column(self, name: str) -> str:
         if name not in self.RECORD_COLUMNS:
@@ -533,71 +363,50 @@ class _Sql:
 
     # ---- sorting
 
-    def sort_key(self, order: Order) -> str:
+    def sort_keys(self, order: Order) -> list[str]:
         scope = order.scope
         if isinstance(scope, RecordFilterScope):
-            key = self.record_column(scope.property)
+            keys = [self.record_column(scope.property)]
         elif isinstance(scope, MetadataFilterScope):
-            key = self.metadata_value(scope.metadata_property)
+            keys = self.metadata_keys(scope.metadata_property)
         elif isinstance(scope, SuggestionFilterScope):
-            column = {
-                "score": "CAST(CASE json_type(s.score) WHEN 'array' THEN (SELECT MAX(value) FROM json_each(s.score)) "
-                "ELSE s.score END AS REAL)",
-                "agent": "s.agent",
-                "type": "s.type",
-            }.get(scope.property, "json_extract(s.value, '$')")
-            key = (
-                f"(SELECT {column} FROM suggestions s JOIN questions q ON q.id = s.question_id "
-                f"WHERE s.record_id = r.id AND q.dataset_id = :dataset_id AND q.name = {self.bind(scope.question)})"
-            )
+            keys = self._suggestion_keys(scope)
         elif isinstance(scope, ResponseFilterScope):
-            by_user = f" AND rs.user_id = {self.bind(scope.user.id.hex)}" if scope.user else ""
-            value = (
-                f'AVG(CAST(json_extract(rs."values", {self.bind(_json_path(scope.question) + ".value")}) AS REAL))'
-                if scope.question
-                else "MIN(rs.status)"
-            )
-            key = f"(SELECT {value} FROM responses rs WHERE rs.record_id = r.id{by_user})"
+            by_user = f" AND rs.user_id = {self.bind(self.dialect.ident(scope.user.id))}" if scope.user else ""
+            if scope.question:
+                number = self.dialect.number('rs."values"', self.path(scope.question, "value"))
+                value = f"AVG({number})"
+            else:
+                value = "MIN(CAST(rs.status AS TEXT))"
+            keys = [f"(SELECT {value} FROM responses rs WHERE rs.record_id = r.id{by_user})"]
         else:
             raise ValueError(f"Cannot process request for search scope {scope}")
         direction = "DESC" if order.order == SortOrder.desc else "ASC"
-        return f"{key} IS NULL, {key} {direction}"  # records without a value last, as Elasticsearch sorts
+        return [f"{key} IS NULL, {key} {direction}" for key in keys]  # records without a value last, as Elasticsearch
+
+    def _suggestion_keys(self, scope: SuggestionFilterScope) -> list[str]:
+        dialect = self.dialect
+        if scope.property == "score":  # a list of scores (a ranking's) sorts by its highest
+            values = [f"(SELECT MAX({dialect.item_number}) FROM {dialect.each('s.score', self.path())})"]
+        elif scope.property in ("agent", "type"):
+            values = [f"s.{scope.property}"]
+        else:
+            values = dialect.value("s.value", self.path())
+        return [
+            f"(SELECT {value} FROM suggestions s JOIN questions q ON q.id = s.question_id "
+            f"WHERE s.record_id = r.id AND q.dataset_id = :dataset_id AND q.name = {self.bind(scope.question)})"
+            for value in values
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ annotators' queues
 
 ANSWERED = frozenset({"submitted", "discarded", "draft"})
-# The focus view's queue: pending records without a response of this user, in id order from the user's start, then
-# from the dataset's first id: two walks of the queue index, each stopping after offset + limit records.
-_QUEUE_WALK = (
-    "SELECT r.id FROM records r WHERE r.dataset_id = :ds AND r.status = 'pending' AND r.id {cmp} :start "
-    "AND NOT EXISTS (SELECT 1 FROM responses rs WHERE rs.record_id = r.id AND rs.user_id = :user) "
-    "ORDER BY r.id LIMIT :window"
-)
-QUEUE_PAGE = (
-    f"SELECT id FROM (SELECT id, 0 AS lap FROM ({_QUEUE_WALK.format(cmp='>=')}) "
-    f"UNION ALL SELECT id, 1 AS lap FROM ({_QUEUE_WALK.format(cmp='<')})) ORDER BY lap, id LIMIT :limit OFFSET :offset"
-)
-QUEUE_TOTAL = (
-    f"SELECT COALESCE((SELECT n FROM {RECORD_COUNTS} WHERE dataset_id = :ds AND status = 'pending'), 0) "
-    f"- COALESCE((SELECT SUM(n) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
-    "AND record_status = 'pending'), 0)"
-)
-# The other tabs: the user's own responses of some statuses, in the same order.
-ANSWERED_PAGE = (
-    "SELECT rs.record_id FROM responses rs JOIN records r ON r.id = rs.record_id WHERE rs.user_id = :user "
-    "AND rs.status IN ({statuses}) AND r.dataset_id = :ds ORDER BY rs.record_id < :start, rs.record_id "
-    "LIMIT :limit OFFSET :offset"
-)
-ANSWERED_TOTAL = (
-    f"SELECT COALESCE(SUM(n), 0) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
-    "AND status IN ({statuses})"
-)
 
 
-def _queue_start(user_id: UUID) -> str:
+def _queue_start(user_id: UUID) -> UUID:
     """Where the user's walk through a dataset's ids begins: spread evenly over the id space, fixed per user."""
-    return hashlib.blake2b(user_id.bytes, digest_size=16).hexdigest()
+    return UUID(bytes=hashlib.blake2b(user_id.bytes, digest_size=16).digest())
 
 
 def _plain(value: Any) -> str:
@@ -636,61 +445,66 @@ def _queue_statuses(filter_: Filter | None, user_id: UUID | None) -> list[str] |
 async def _queue_page(
     db: AsyncSession, dataset_id: UUID, user_id: UUID, statuses: list[str], offset: int, limit: int
 ) -> SearchResponses:
-    params: dict[str, Any] = {"ds": dataset_id.hex, "user": user_id.hex, "start": _queue_start(user_id)}
-    params.update(offset=offset, limit=limit, window=offset + limit)
+    dialect = dialect_of(db)
+    params: dict[str, Any] = {
+        "ds": dialect.ident(dataset_id),
+        "user": dialect.ident(user_id),
+        "start": dialect.ident(_queue_start(user_id)),
+    }
+    params.update(offset=offset, limit=max(limit, 0), window=offset + max(limit, 0))
     if statuses == ["pending"]:
-        total_sql, page_sql = QUEUE_TOTAL, QUEUE_PAGE
+        statement = dialect.queue_page
     else:
         params.update({f"s{i}": status for i, status in enumerate(statuses)})
-        listed = ", ".join(f":s{i}" for i in range(len(statuses)))
-        total_sql, page_sql = ANSWERED_TOTAL.format(statuses=listed), ANSWERED_PAGE.format(statuses=listed)
-    total = int((await db.execute(text(total_sql), params)).scalar_one())
-    if limit <= 0 or offset >= total:
-        return SearchResponses(items=[], total=total)
-    rows = (await db.execute(text(page_sql), params)).all()
-    items = [SearchResponseItem(record_id=UUID(hex=row[0]), score=1.0) for row in rows]
-    return SearchResponses(items=items, total=total)
+        statement = dialect.answered_page.format(statuses=", ".join(f":s{i}" for i in range(len(statuses))))
+    rows = (await db.execute(text(statement), params)).all()
+    items = [SearchResponseItem(record_id=_uuid(row[1]), score=1.0) for row in rows if row[1] is not None]
+    return SearchResponses(items=items, total=int(rows[0][0]))
 
 
 # ------------------------------------------------------------------------------------------------ the engine
 
 
 @SearchEngine.register(engine_name=ENGINE_NAME)
-class SQLiteSearchEngine(SearchEngine):
-    """Search, filters, sorting, progress, metrics and similarity as SQL over Argilla's SQLite database.
+class SQLSearchEngine(SearchEngine):
+    """Search, filters, sorting, progress, metrics and similarity as SQL over Argilla's database.
 
     Every query runs in the session of the objects it is given (the request's own transaction), or a
     fresh one for detached objects. The write hooks are no-ops: the data is already in the tables.
     """
 
     @classmethod
-    async def new_instance(cls) -> SQLiteSearchEngine:
+    async def new_instance(cls) -> SQLSearchEngine:
         return cls()
 
     async def close(self) -> None:
         """Nothing to release: the engine holds no connection of its own."""
 
     async def ping(self) -> bool:
-        from argilla_server.settings import settings
+        """Whether the database is one the engine runs on."""
+        from argilla_server.database import async_engine
 
-        return settings.database_is_sqlite and _has_fts5()
+        return async_engine.dialect.name in ("sqlite", "postgresql")
 
     async def info(self) -> dict:
-        return {"engine": ENGINE_NAME, "sqlite": sqlite3.sqlite_version}
+        from argilla_server.database import async_engine
+
+        return {"engine": ENGINE_NAME, "database": async_engine.dialect.name}
 
     # ---- index life cycle (the tables are the index; the triggers keep the text index)
 
     async def create_index(self, dataset: Dataset) -> None:
+        """Index the text of the records the dataset has (the triggers index those written from now on)."""
         async with _session(dataset, write=True) as db:
-            for statement in SCHEMA:
+            dialect = dialect_of(db)
+            for statement in dialect.for_datasets(dialect.rebuild_text, dataset.id):
                 await db.execute(text(statement))
-            for statement in REBUILD:
-                await db.execute(text(statement.format(datasets=f"'{dataset.id.hex}'")))
 
     async def delete_index(self, dataset: Dataset) -> None:
         async with _session(dataset, write=True) as db:
-            for statement in REBUILD[:2]:
-                await db.execute(text(statement.format(datasets=f"'{dataset.id.hex}'")))
+            dialect = dialect_of(db)
+            for statement in dialect.for_datasets(dialect.delete_text, dataset.id):
+                await db.execute(text(statement))
 
     async def configure_metadata_property(self, dataset: Dataset, metadata_property: MetadataProperty) -> None:
         """Metadata is filtered straight from `records.metadata`: nothing to configure."""
@@ -728,7 +542,7 @@ class SQLiteSearchEngine(SearchEngine):
             rows = (
                 await db.execute(
                     text(f"SELECT status, n FROM {RECORD_COUNTS} WHERE dataset_id = :ds AND n > 0"),
-                    {"ds": dataset.id.hex},
+                    {"ds": dialect_of(db).ident(dataset.id)},
                 )
             ).all()
         return {"total": sum(count for _, count in rows), **dict(rows)}
@@ -743,38 +557,36 @@ class SQLiteSearchEngine(SearchEngine):
                         f"SELECT status, SUM(n) FROM {RESPONSE_COUNTS} WHERE dataset_id = :ds AND user_id = :user "
                         "GROUP BY status HAVING SUM(n) > 0"
                     ),
-                    {"ds": dataset.id.hex, "user": user.id.hex},
+                    {"ds": dialect_of(db).ident(dataset.id), "user": dialect_of(db).ident(user.id)},
                 )
             ).all()
         return {"total": sum(count for _, count in rows), **dict(rows)}
 
     async def compute_metrics_for(self, metadata_property: MetadataProperty) -> MetadataMetrics:
-        params = {"ds": metadata_property.dataset_id.hex, "path": _json_path(metadata_property.name)}
         async with _session(metadata_property) as db:
+            dialect = dialect_of(db)
+            params = {"ds": dialect.ident(metadata_property.dataset_id), "path": dialect.path(metadata_property.name)}
             if metadata_property.type == MetadataPropertyType.terms:
+                each = dialect.each('r."metadata"', ":path")
                 values = (
-                    'FROM records r, json_each(r."metadata", :path) v '
-                    "WHERE r.dataset_id = :ds AND v.type NOT IN ('null', 'object', 'array')"
+                    f"FROM records r, {each} WHERE r.dataset_id = :ds "
+                    f"AND {dialect.item_kind} NOT IN ('null', 'object', 'array')"
                 )
                 total = (await db.execute(text(f"SELECT COUNT(*) {values}"), params)).scalar_one()
                 rows = (
                     await db.execute(
                         text(
-                            f"SELECT CAST(v.value AS TEXT) AS term, COUNT(DISTINCT r.id) AS n {values} "
+                            f"SELECT {dialect.item_text} AS term, COUNT(DISTINCT r.id) AS n {values} "
                             f"GROUP BY term ORDER BY n DESC, term LIMIT {MAX_TERMS}"
                         ),
                         params,
                     )
                 ).all()
                 return TermsMetrics(total=total, values=[TermsMetrics.TermCount(term=t, count=n) for t, n in rows])
-            number = 'CAST(json_extract(r."metadata", :path) AS REAL)'
+            number = dialect.number('r."metadata"', ":path")
             low, high = (
                 await db.execute(
-                    text(
-                        f"SELECT MIN({number}), MAX({number}) FROM records r WHERE r.dataset_id = :ds "
-                        "AND json_type(r.\"metadata\", :path) IN ('integer', 'real', 'text')"
-                    ),
-                    params,
+                    text(f"SELECT MIN({number}), MAX({number}) FROM records r WHERE r.dataset_id = :ds"), params
                 )
             ).one()
         if metadata_property.type == MetadataPropertyType.integer:
@@ -810,11 +622,11 @@ class SQLiteSearchEngine(SearchEngine):
             score = "1.0 + COALESCE(ts.score, 0)" if scores else "1.0"
             join = f"LEFT JOIN ({scores}) ts ON ts.record_id = r.id" if scores else ""
             if sort:
-                order = ", ".join(sql.sort_key(o) for o in sort)
+                order = ", ".join(key for o in sort for key in sql.sort_keys(o))
             elif scores:
                 order = "score DESC"
             elif user_id is not None:
-                order = f"r.id < {sql.bind(_queue_start(user_id))}, r.id"
+                order = f"r.id < {sql.bind(sql.dialect.ident(_queue_start(user_id)))}, r.id"
             else:
                 order = "r.inserted_at"
             statement = (
@@ -823,7 +635,7 @@ class SQLiteSearchEngine(SearchEngine):
             )
             rows = (await db.execute(text(statement), sql.params)).all()
         return SearchResponses(
-            items=[SearchResponseItem(record_id=UUID(hex=row[0]), score=row[1]) for row in rows], total=total
+            items=[SearchResponseItem(record_id=_uuid(row[0]), score=row[1]) for row in rows], total=total
         )
 
     async def similarity_search(
@@ -847,12 +659,12 @@ class SQLiteSearchEngine(SearchEngine):
         async with _session(dataset) as db:
             sql, where, _ = await self._prepare(db, dataset, query, filter)
             if record is not None:
-                where += f" AND r.id != {sql.bind(record.id.hex)}"
+                where += f" AND r.id != {sql.bind(sql.dialect.ident(record.id))}"
             rows = (
                 await db.execute(
                     text(
                         "SELECT r.id, v.value FROM records r JOIN vectors v ON v.record_id = r.id "
-                        f"AND v.vector_settings_id = {sql.bind(vector_settings.id.hex)} WHERE {where}"
+                        f"AND v.vector_settings_id = {sql.bind(sql.dialect.ident(vector_settings.id))} WHERE {where}"
                     ),
                     sql.params,
                 )
@@ -860,31 +672,26 @@ class SQLiteSearchEngine(SearchEngine):
         scored = _cosine_scores(target, rows, least_similar=order == SimilarityOrder.least_similar)
         if threshold is not None:
             scored = [(record_id, score) for record_id, score in scored if score >= threshold]
-        items = [SearchResponseItem(record_id=UUID(hex=rid), score=score) for rid, score in scored[:max_results]]
+        items = [SearchResponseItem(record_id=_uuid(rid), score=score) for rid, score in scored[:max_results]]
         return SearchResponses(items=items, total=len(items))
 
     async def _prepare(
         self, db: AsyncSession, dataset: Dataset, query: TextQuery | str | None, filter_: Filter | None
     ) -> tuple[_Sql, str, str | None]:
         """The statement builder, the WHERE clause and the text-score subquery (None without positive terms)."""
-        ds = {"ds": dataset.id.hex}
+        dialect = dialect_of(db)
+        ds = {"ds": dialect.ident(dataset.id)}
         metadata_types = dict(
             (
                 await db.execute(
-                    text(
-                        "SELECT name, json_extract(settings, '$.type') FROM metadata_properties WHERE dataset_id = :ds"
-                    ),
-                    ds,
+                    text(f"SELECT name, {dialect.metadata_type} FROM metadata_properties WHERE dataset_id = :ds"), ds
                 )
             ).all()
         )
         positions = (
-            await db.execute(
-                text(f"SELECT f.name, {_FIELD_POSITION} FROM fields f WHERE f.dataset_id = :ds"),
-                ds,
-            )
+            await db.execute(text(f"SELECT f.name, {FIELD_POSITION} FROM fields f WHERE f.dataset_id = :ds"), ds)
         ).all()
-        sql = _Sql(dataset.id, metadata_types, dict(positions))
+        sql = _Sql(dialect, dataset.id, metadata_types, dict(positions))
         where = ["r.dataset_id = :dataset_id"]
         scores = None
         if query is not None:
@@ -893,7 +700,7 @@ class SQLiteSearchEngine(SearchEngine):
                 raise Exception(f"Field {query.field} not found in dataset {dataset.id}")
             tree = _QueryParser(query.q).parse()
             if tree is None:
-                where.append("0")
+                where.append("FALSE")
             else:
                 where.append(sql.text_match(tree, query.field))
                 scores = sql.text_scores(tree, query.field)
@@ -915,14 +722,6 @@ def _cosine_scores(target: Sequence[float], rows: Sequence[Any], least_similar: 
     scores = (1 - cosine) / 2 if least_similar else (1 + cosine) / 2
     ranked = np.argsort(-scores, kind="stable")
     return [(rows[i][0], float(scores[i])) for i in ranked]
-
-
-def _has_fts5() -> bool:
-    try:
-        sqlite3.connect(":memory:").execute("CREATE VIRTUAL TABLE t USING fts5(c)")
-    except sqlite3.OperationalError:
-        return False
-    return True
 
 
 @asynccontextmanager
@@ -949,7 +748,7 @@ async def users_progress(db: AsyncSession, dataset_id: UUID) -> list[dict]:
                 f"SELECT u.username, c.record_status, c.status, c.n FROM {RESPONSE_COUNTS} c "
                 "JOIN users u ON u.id = c.user_id WHERE c.dataset_id = :ds AND c.n > 0 ORDER BY u.inserted_at, u.id"
             ),
-            {"ds": dataset_id.hex},
+            {"ds": dialect_of(db).ident(dataset_id)},
         )
     ).all()
     progress: dict[str, dict[str, dict[str, int]]] = {}

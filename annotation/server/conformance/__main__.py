@@ -1,17 +1,21 @@
 """`python -m annotation.server.conformance`: argilla-server 2.8.0's search-engine tests against the project's engine.
 
-    python -m annotation.server.conformance                 # all of tests/unit/search_engine/
+    python -m annotation.server.conformance                 # all of tests/unit/search_engine/, on SQLite
+    python -m annotation.server.conformance --database-url postgresql://user:pw@/db?host=/run/postgresql
     python -m annotation.server.conformance -k metadata     # extra arguments go to pytest
 
 Downloads the argilla-server sdist once into .cache/argilla-conformance (their code: never
 committed), installs the test tools pinned in requirements.txt beside it, and runs the sdist's
 `tests/unit/search_engine/` in the server venv with plugin.py in place of the sdist's conftests, on a
-throwaway SQLite database. Prints pass/total and each skipped test with its reason (only tests of
+throwaway SQLite database, or on the PostgreSQL database `--database-url` names (migrated to Argilla's
+schema; each test's rows are rolled back, so a fresh database stays empty). Prints pass/total and each skipped
+test with its reason (only tests of
 Elasticsearch internals are skipped). Exit code: pytest's.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -20,7 +24,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from annotation.server.launcher import ENGINE, REPO_ROOT, ensure_server_venv
+from annotation.server.launcher import (
+    ENGINE,
+    REPO_ROOT,
+    SQLITE,
+    async_database_url,
+    checked_database_url,
+    ensure_server_venv,
+)
 from pipelines.cli import UserError, cli_entry
 
 VERSION = "2.8.0"
@@ -64,6 +75,11 @@ def test_tools(python: Path) -> Path:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotation.server.conformance", description=__doc__.split("\n")[0])
+    parser.add_argument("--database-url", help="a PostgreSQL database to run on (default: a throwaway SQLite file)")
+    args, pytest_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    database = checked_database_url(args.database_url)
+    sqlite = database in (None, SQLITE)
     python = ensure_server_venv()
     sdist = sdist_tests(python)
     site = test_tools(python)
@@ -71,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
         env.update(
             ARGILLA_HOME_PATH=home,
-            ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{home}/conformance.db",
+            ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{home}/conformance.db"
+            if sqlite
+            else async_database_url(database),
             ARGILLA_SEARCH_ENGINE=ENGINE,
             ARGILLA_ENABLE_TELEMETRY="false",
             PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(site)]),
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [
             str(python), "-m", "pytest", "tests/unit/search_engine", "--noconftest",
             "-p", "pytest_asyncio.plugin", "-p", "annotation.server.conformance.plugin", "-p", "no:cacheprovider",
-            "-o", "log_cli=false", "-q", *(sys.argv[1:] if argv is None else argv),
+            "-o", "log_cli=false", "-q", *pytest_args,
         ]  # fmt: skip
         return subprocess.run(command, cwd=sdist, env=env, check=False).returncode
 

@@ -22,13 +22,13 @@ import pytest
 import pytest_asyncio
 from argilla_server.cli.database.migrate import migrate_db
 from argilla_server.database import sync_engine
-from argilla_server.models import Field, Response
+from argilla_server.models import Field, Record, Response
 from argilla_server.settings import settings
-from sqlalchemy import NullPool, delete, text
+from sqlalchemy import NullPool, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from tests.database import TestSession, set_task
 
-from annotation.server.search_engine import SQLiteSearchEngine, ensure_schema
+from annotation.server.search_engine import SQLSearchEngine, ensure_schema
 
 MAPPING = "asserts the Elasticsearch index mapping"
 DOCUMENT = "asserts the layout of the Elasticsearch document (_source)"
@@ -182,18 +182,17 @@ class IndexShim:
                     )
                 )
         for record_id, value in sorted(self.texts.items()):
-            params = {"record": UUID(record_id).hex, "text": value}
-            dataset_id = (
-                await session.execute(text("SELECT dataset_id FROM records WHERE id = :record"), params)
-            ).scalar()
+            dataset_id, fields = (
+                await session.execute(select(Record.dataset_id, Record.fields).where(Record.id == UUID(record_id)))
+            ).one()
             has_text = await session.execute(
-                text("SELECT 1 FROM fields WHERE dataset_id = :ds AND name = 'text'"), {"ds": dataset_id}
+                select(Field.id).where(Field.dataset_id == dataset_id, Field.name == "text")
             )
             if has_text.first() is None:
-                session.add(Field(name="text", title="text", settings={"type": "text"}, dataset_id=UUID(dataset_id)))
+                session.add(Field(name="text", title="text", settings={"type": "text"}, dataset_id=dataset_id))
                 await session.flush()
             await session.execute(
-                text("UPDATE records SET fields = json_set(fields, '$.text', :text) WHERE id = :record"), params
+                update(Record).where(Record.id == UUID(record_id)).values(fields={**fields, "text": value})
             )
         self.changed.clear()
         self.texts.clear()
@@ -211,7 +210,7 @@ _opensearch_bulk = opensearchpy.helpers.bulk
 opensearchpy.helpers.bulk = _bulk
 
 
-class ConformanceEngine(SQLiteSearchEngine):
+class ConformanceEngine(SQLSearchEngine):
     """The project's engine; each query first applies what the test wrote through `opensearch`."""
 
     def __init__(self, shim: IndexShim) -> None:
