@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import random
 from pathlib import Path
 
 import pytest
@@ -48,16 +48,14 @@ def test_comparisons_missing_a_column_is_a_user_error():
         to_preference_format(Dataset.from_list([{"prompt": "q", "chosen": "a"}]))
 
 
-def test_tiny_reward_config_trains_and_reports_under_60_seconds(run_cli, tiny_model, tmp_path):
+def test_tiny_reward_config_trains_reports_and_scores(run_cli, tiny_model, tmp_path):
     out = tmp_path / "rm"
-    start = time.perf_counter()
     result = run_cli("pipelines.reward", "--config", REWARD_TINY, "--output_dir", out, "--report_to", "none")
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
-    assert elapsed < 60, f"tiny reward run took {elapsed:.1f} s"
     summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["pairwise"]["accuracy"] <= 1.0
     assert summary["data"]["train_pairs"] == 64
+    assert summary["pairwise"]["pairs"] == summary["data"]["eval_pairs"]
+    assert summary["precision"]["requested"] == "auto"
     assert (out / "reward_eval.png").stat().st_size > 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("step" in line for line in lines) and any("loss" in line for line in lines)
@@ -68,6 +66,57 @@ def test_tiny_reward_config_trains_and_reports_under_60_seconds(run_cli, tiny_mo
     result = run_cli("pipelines.reward", "score", "--model", out, "--input", answers, "--output", scored)
     assert result.returncode == 0, result.stderr[-2000:]
     assert isinstance(json.loads(scored.read_text())["score"], float)
+
+
+# A preference the random tiny model can learn in seconds from 64 pairs: the chosen answer names a word of
+# GOOD, the rejected one a word of BAD. Held out: other prompts, other (good, bad) combinations.
+GOOD = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "amber"]
+BAD = ["fridge", "pencil", "carpet", "bottle", "ladder", "socket", "helmet", "magnet"]
+
+
+def toy_preferences(count: int, first: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": f"Request {i}: name one thing.",
+            "chosen": f"I name the {rng.choice(GOOD)}.",
+            "rejected": f"I name the {rng.choice(BAD)}.",
+        }
+        for i in range(first, first + count)
+    ]
+
+
+def test_tiny_reward_model_learns_a_preference_it_can_learn(run_cli, tiny_model, tmp_path):
+    """configs/reward/tiny.yaml (10 steps) on the toy preference: held-out pairwise accuracy far above chance.
+
+    Measured on 64 held-out pairs, seeds 0-4: accuracy 1.00 for every seed in bf16 (precision auto on
+    AVX512-BF16; mean margin 0.61 / 0.71 / 1.07 / 0.44 / 0.44) and in fp32 (0.59 / 0.70 / 1.09 / 0.50 / 0.64);
+    the same runs at learning rate 0 (the fresh head): 0.27 / 0.48 / 0.30 (seeds 0-2). 0.85 leaves room.
+    """
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in toy_preferences(64, 0, seed=1)))
+    test.write_text("".join(json.dumps(r) + "\n" for r in toy_preferences(64, 1000, seed=2)))
+    out = tmp_path / "rm"
+    result = run_cli(
+        "pipelines.reward",
+        "--config",
+        REWARD_TINY,
+        "--dataset",
+        train,
+        "--eval_dataset",
+        test,
+        "--output_dir",
+        out,
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pairwise = json.loads((out / "summary.json").read_text())["pairwise"]
+    assert pairwise["pairs"] == 64
+    assert pairwise["accuracy"] >= 0.85, pairwise
 
 
 def test_pairs_over_max_length_are_dropped_and_counted(run_cli, tiny_model, tmp_path):
