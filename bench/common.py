@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from pipelines.runner import Precision
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 PYTHON = sys.executable
@@ -44,7 +46,9 @@ for _key, _value in OFFLINE_ENV.items():
 # SFTConfig keys that both sides of an SFT comparison read from one YAML file, so the arguments are
 # the same by construction. `include_num_input_tokens_seen` makes the Trainer log the `train_runtime`
 # so far at every step, which the steady-state figures need ("non_padding" cannot be set: the flag
-# parses as a bool; TRL's own `num_tokens` log is the non-padding count).
+# parses as a bool; TRL's own `num_tokens` log is the non-padding count). Precision is not in it: the
+# bench resolves `--precision` once and tells each side (`--precision` to a stage, `--bf16` to a plain
+# TRL script, whose own default is bf16 on).
 SFT_COMMON: dict[str, Any] = {
     "per_device_train_batch_size": 8,
     "gradient_accumulation_steps": 1,
@@ -57,7 +61,6 @@ SFT_COMMON: dict[str, Any] = {
     "completion_only_loss": True,
     "packing": False,
     "activation_checkpointing": False,  # transformers 5.23 name of gradient_checkpointing
-    "bf16": False,
     "seed": 42,
     "logging_steps": 1,
     "save_strategy": "no",
@@ -171,20 +174,27 @@ class Verdict:
         return f"{text} | {self.note}" if self.note else text
 
 
-class Recorder:
-    """Times one benchmark, notes the machine and its load, and writes `bench/results/<name>.json`."""
+def result_path(name: str, quick: bool, precision: str = "auto") -> Path:
+    """`bench/results/<name>.json`; `<name>-fp32.json` (`-bf16`) for a run with a forced precision; quick
+    (smoke-test) figures under `quick/`, so they never overwrite the real ones."""
+    suffix = "" if precision == "auto" else f"-{precision}"
+    return RESULTS_DIR / ("quick" if quick else "") / f"{name}{suffix}.json"
 
-    def __init__(self, name: str, quick: bool) -> None:
+
+class Recorder:
+    """Times one benchmark, notes the machine, its load and the precision, and writes its result file."""
+
+    def __init__(self, name: str, quick: bool, precision: Precision | None = None) -> None:
         self.name = name
         self.quick = quick
+        self.precision = precision
         self.started = time.perf_counter()
         self.machine = machine_info()
         self.command = command_line()
 
     @property
     def path(self) -> Path:
-        # quick (smoke-test) figures never overwrite the real ones
-        return RESULTS_DIR / ("quick" if self.quick else "") / f"{self.name}.json"
+        return result_path(self.name, self.quick, self.precision.requested if self.precision else "auto")
 
     def finish(self, verdict: Verdict, data: dict[str, Any]) -> Path:
         verdict.note = " ".join(filter(None, [verdict.note, f"load {os.getloadavg()[0]:.1f}"]))
@@ -201,6 +211,7 @@ class Recorder:
             "command": self.command,
             "wall_s": round(time.perf_counter() - self.started, 1),
             "machine": self.machine,
+            "precision": self.precision.as_dict() if self.precision else None,
             "loadavg_end": loadavg(),
             **data,
         }
@@ -277,6 +288,7 @@ def pipelines_sft_cmd(
     dataset: Path,
     eval_dataset: Path,
     output_dir: Path,
+    precision: Precision,
     extra: Sequence[str] = (),
     launcher: Sequence[str] = (PYTHON, "-m"),
     stage: str = "pipelines.sft",
@@ -296,6 +308,8 @@ def pipelines_sft_cmd(
         str(eval_dataset),
         "--output_dir",
         str(output_dir),
+        "--precision",
+        precision.name,
         *no_generation,
         *extra,
     ]
@@ -425,13 +439,14 @@ def run_pipelines_sft(
     model: str,
     data: tuple[Path, Path],
     warmup: int,
+    precision: Precision,
     extra: Sequence[str] = (),
     launcher: Sequence[str] = (PYTHON, "-m"),
     stage: str = "pipelines.sft",
 ) -> tuple[Throughput, dict[str, Any]]:
     """One `pipelines.sft` (or `stage`) run, output in a temp dir deleted after: its throughput and a JSON record."""
     out = tmp / slug(label)
-    cmd = pipelines_sft_cmd(config, model, data[0], data[1], out, extra, launcher, stage)
+    cmd = pipelines_sft_cmd(config, model, data[0], data[1], out, precision, extra, launcher, stage)
     load = loadavg()
     wall = run_child(cmd, tmp / f"{slug(label)}.log", label)
     figures, train_summary = pipelines_run_figures(out, warmup)
@@ -442,12 +457,23 @@ def run_pipelines_sft(
 
 
 def run_plain_script(
-    script: Path, label: str, tmp: Path, config: Path, model: str, data: Path, samples: int, warmup: int
+    script: Path,
+    label: str,
+    tmp: Path,
+    config: Path,
+    model: str,
+    data: Path,
+    samples: int,
+    warmup: int,
+    precision: Precision,
 ) -> dict[str, Any]:
-    """One run of a plain TRL peer script (bench/plain_trl_*.py); its figures (the output dir is deleted after)."""
+    """One run of a plain TRL peer script (bench/plain_trl_*.py); its figures (the output dir is deleted after).
+
+    The peer gets the precision as TRL's own `bf16` (autocast, fp32 weights: what our stages do).
+    """
     out = tmp / slug(label)
     cmd = [PYTHON, str(script), "--config", str(config), "--model", model, "--data", str(data)]
-    cmd += ["--output_dir", str(out), "--max_train_samples", str(samples)]
+    cmd += ["--output_dir", str(out), "--max_train_samples", str(samples), "--bf16", str(precision.bf16).lower()]
     load = loadavg()
     wall = run_child(cmd, tmp / f"{slug(label)}.log", label)
     figures = throughput(json.loads((out / "log_history.json").read_text()), warmup)

@@ -1,7 +1,8 @@
 """generation: tokens/s of the eval step's batched `generate` at batch 1/8/32/64 vs plain one-at-a-time.
 
-    python -m bench.generation            # SmolLM2-135M, 64 new tokens, greedy (~4 min on 2 cores)
-    python -m bench.generation --quick    # tiny-llama smoke test
+    python -m bench.generation                     # SmolLM2-135M, 64 new tokens, greedy (~4 min on 2 cores)
+    python -m bench.generation --precision fp32    # fp32 weights (default auto: bf16 where the CPU has it)
+    python -m bench.generation --quick             # tiny-llama smoke test
 
 Held-out prompts (data/textsql/test.jsonl, chat-formatted as the eval step does) go through
 `pipelines.runner.generate_texts` (length-sorted, left-padded batches, KV cache) at each batch
@@ -9,6 +10,7 @@ size, and through plain `model.generate` one prompt at a time. tokens/s counts g
 to and including eos (padding of finished rows is not counted). Wider batches need more prompts:
 each size runs on max(its batch, a minimum) prompts. The line compares the widest batch with the
 plain loop; no target (on a 2-core AVX2 CPU batch 1 gave about 10, batch 64 about 81 tokens/s).
+Both sides load the weights in the run's precision (bf16 or fp32), as `pipelines.eval` does.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bench.common import (
     standin_pairs,
     write_jsonl,
 )
+from pipelines.runner import add_precision_flag, announce_precision, resolve_precision
 
 NAME = "generation"
 BATCH_SIZES = (1, 8, 32, 64)
@@ -84,19 +87,21 @@ def main(argv: list[str] | None = None) -> None:
     add_common_flags(parser)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--min_prompts", type=int, default=None, help="prompts per batch size at least (8; quick 4)")
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
+    precision = announce_precision(resolve_precision(args.precision))
     from transformers import AutoModelForCausalLM
 
     from pipelines.runner import generate_texts, load_tokenizer
 
     model_dir = model_path(TINY if args.quick else SMOLLM2)
     min_prompts = args.min_prompts or (4 if args.quick else 8)
-    recorder = Recorder(NAME, args.quick)
+    recorder = Recorder(NAME, args.quick, precision)
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp_name:
         prompts, data_note = held_out_prompts(max(*BATCH_SIZES, min_prompts), Path(tmp_name))
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.dtype)
     model.eval()
     generate_texts(model, tokenizer, prompts[:2], max_new_tokens=16, batch_size=2, desc="warm-up")
 
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         plain["tokens_per_s"],
         "tok/s",
         None,
-        note=f"{per_size}; b1 vs plain {batched[1]['tokens_per_s'] / plain['tokens_per_s']:.3f}",
+        note=f"{precision.name}, {per_size}; b1 vs plain {batched[1]['tokens_per_s'] / plain['tokens_per_s']:.3f}",
     )
     recorder.finish(
         verdict,

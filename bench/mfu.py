@@ -1,12 +1,15 @@
 """mfu: model FLOPs utilisation of the SFT stage vs a bare forward/backward/AdamW loop on the same batches.
 
-    python -m bench.mfu            # SmolLM2-135M, 10 steps each (~4 min on 2 cores)
-    python -m bench.mfu --quick    # tiny-llama smoke test
+    python -m bench.mfu                     # SmolLM2-135M, 10 steps each (~4 min on 2 cores)
+    python -m bench.mfu --precision fp32    # fp32 peak, fp32 loops (default auto: bf16 where native)
+    python -m bench.mfu --quick             # tiny-llama smoke test
 
-1. peak: fp32 `torch.mm` of 2048 x 2048 matrices, repeated; the best block's GFLOP/s.
+1. peak: `torch.mm` of 2048 x 2048 matrices in the run's precision (fp32, or bf16), repeated; the best
+   block's GFLOP/s.
 2. bare: plain transformers + `torch.optim.AdamW` on the very batches the SFT run trains on (taken
-   from TRL's own dataloader for the same data, seed and config: batch 8, same token lengths).
-3. sft: `python -m pipelines.sft` with that config (steady state from the Trainer's logs).
+   from TRL's own dataloader for the same data, seed and config: batch 8, same token lengths), under
+   `torch.autocast(bfloat16)` with fp32 weights when the precision is bf16 (what the Trainer does).
+3. sft: `python -m pipelines.sft` with that config and precision (steady state from the Trainer's logs).
 MFU = 6 x parameters x non-padding tokens/s / peak, for both; the line compares SFT/bare
 (target >= 0.9: the stage may cost at most 10 % over the bare loop).
 """
@@ -39,26 +42,34 @@ from bench.common import (
     textsql_data,
     write_yaml,
 )
+from pipelines.runner import Precision, add_precision_flag, announce_precision, resolve_precision
 
 NAME = "mfu"
 TARGET = 0.9
 COLUMNS = "prompt=question,completion=answer"
 
 
-def matmul_peak(size: int = 2048, blocks: int = 5, reps: int = 5) -> dict[str, Any]:
-    """fp32 GFLOP/s of `size`^2 matmuls: `blocks` timed blocks of `reps` products; the best block counts."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
+def matmul_peak(dtype: torch.dtype, size: int = 2048, blocks: int = 5, reps: int = 5) -> dict[str, Any]:
+    """GFLOP/s of `size`^2 matmuls in `dtype`: `blocks` timed blocks of `reps` products; the best block counts."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
     for _ in range(3):  # warm-up: thread pool, caches
         torch.mm(a, b, out=out)
     flops = 2 * size**3 * reps
     rates = []
-    for _ in tqdm(range(blocks), desc=f"matmul peak ({size}²)", leave=False):
+    for _ in tqdm(range(blocks), desc=f"matmul peak ({size}², {dtype})", leave=False):
         start = time.perf_counter()
         for _ in range(reps):
             torch.mm(a, b, out=out)
         rates.append(flops / (time.perf_counter() - start) / 1e9)
-    return {"size": size, "blocks": blocks, "reps": reps, "gflops_blocks": rates, "gflops_peak": max(rates)}
+    return {
+        "dtype": str(dtype),
+        "size": size,
+        "blocks": blocks,
+        "reps": reps,
+        "gflops_blocks": rates,
+        "gflops_peak": max(rates),
+    }
 
 
 def sft_batches(model: str, data: tuple[Path, Path], sft_args: dict[str, Any], steps: int, tmp: Path) -> list[dict]:
@@ -96,8 +107,11 @@ def sft_batches(model: str, data: tuple[Path, Path], sft_args: dict[str, Any], s
     return batches
 
 
-def bare_loop(model_dir: str, batches: list[dict], warmup: int, learning_rate: float, label: str) -> dict[str, Any]:
-    """Forward, backward, AdamW step on each batch; steady-state tokens/s after `warmup` steps."""
+def bare_loop(
+    model_dir: str, batches: list[dict], warmup: int, learning_rate: float, label: str, precision: Precision
+) -> dict[str, Any]:
+    """Forward (under bf16 autocast if the precision says so), backward, AdamW step on each batch;
+    steady-state tokens/s after `warmup` steps."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -107,7 +121,8 @@ def bare_loop(model_dir: str, batches: list[dict], warmup: int, learning_rate: f
     seconds = []
     for batch in tqdm(batches, desc=label, unit="step", leave=False):
         start = time.perf_counter()
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.bf16):
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -145,15 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.mfu", description=__doc__.splitlines()[0])
     add_common_flags(parser, steps=10, warmup=2)
     parser.add_argument("--reps", type=int, default=1, help="bare/SFT pairs (2: bare SFT SFT bare)")
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
+    precision = announce_precision(resolve_precision(args.precision))
     model = model_path(TINY if args.quick else SMOLLM2)
     steps = args.steps or (4 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    recorder = Recorder(NAME, args.quick)
+    recorder = Recorder(NAME, args.quick, precision)
     sft_args = common_args(max_steps=steps)
-    peak = matmul_peak(blocks=3 if args.quick else 5)
-    tqdm.write(f"  matmul peak            {peak['gflops_peak']:8.1f} GFLOP/s (fp32, 2048²)")
+    peak = matmul_peak(precision.dtype, blocks=3 if args.quick else 5)
+    tqdm.write(f"  matmul peak            {peak['gflops_peak']:8.1f} GFLOP/s ({precision.name}, 2048²)")
 
     with tempfile.TemporaryDirectory(prefix="bench-mfu-") as tmp_name:
         tmp = Path(tmp_name)
@@ -164,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         for i, kind in enumerate(order := abba(args.reps, "bare", "sft")):
             label = f"run {i + 1}/{len(order)} {kind}"
             if kind == "bare":
-                record = bare_loop(model, batches, warmup, sft_args["learning_rate"], label)
+                record = bare_loop(model, batches, warmup, sft_args["learning_rate"], label, precision)
             else:
                 samples = str(steps * sft_args["per_device_train_batch_size"])
                 extra = ["--columns", COLUMNS, "--max_train_samples", samples]
-                _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), warmup, extra)
+                _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), warmup, precision, extra)
             runs.append({"kind": kind, **record})
 
     n_params = next(r["n_params"] for r in runs if r["kind"] == "bare")
@@ -183,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         "%",
         TARGET,
         note=(
-            f"peak {peak['gflops_peak']:.1f} GFLOP/s, tok/s SFT {rates['sft']:.2f} bare {rates['bare']:.2f}, "
-            f"steps {warmup + 1}-{steps}"
+            f"{precision.name} peak {peak['gflops_peak']:.1f} GFLOP/s, "
+            f"tok/s SFT {rates['sft']:.2f} bare {rates['bare']:.2f}, steps {warmup + 1}-{steps}"
         ),
     )
     sft_tokens = {r["steady_tokens"] for r in runs if r["kind"] == "sft"}

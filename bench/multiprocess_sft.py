@@ -33,6 +33,7 @@ from bench.common import (
     textsql_data,
     write_yaml,
 )
+from pipelines.runner import add_precision_flag, announce_precision, resolve_precision
 
 NAME = "multiprocess"
 GLOBAL_BATCH = 8
@@ -53,12 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.multiprocess_sft", description=__doc__.splitlines()[0])
     add_common_flags(parser, steps=8, warmup=2)
     parser.add_argument("--reps", type=int, default=1, help="A/B pairs (2: A B B A)")
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
+    precision = announce_precision(resolve_precision(args.precision))
     model = model_path(TINY if args.quick else SMOLLM2)
     steps = args.steps or (4 if args.quick else 8)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    recorder = Recorder(NAME, args.quick)
+    recorder = Recorder(NAME, args.quick, precision)
     sft_args = common_args(max_steps=steps, per_device_train_batch_size=GLOBAL_BATCH)
 
     with tempfile.TemporaryDirectory(prefix="bench-multiprocess-") as tmp_name:
@@ -72,10 +75,12 @@ def main(argv: list[str] | None = None) -> None:
             label = f"run {i + 1}/{len(order)} {procs}"
             if procs == "2proc":
                 extra = [*data_flags, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2)]
-                _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), warmup, extra,
+                _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), warmup, precision, extra,
                                               launcher=accelerate_launcher())  # fmt: skip
             else:
-                _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), warmup, data_flags)
+                _, record = run_pipelines_sft(
+                    label, tmp, config, model, (train, eval_file), warmup, precision, data_flags
+                )
             runs.append({"processes": procs, **record})
 
     def procs_median(procs: str) -> float:

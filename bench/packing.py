@@ -1,7 +1,8 @@
 """packing: real (non-padding) training tokens/s with `--packing true` vs padding, on length-skewed data.
 
-    python -m bench.packing            # SmolLM2-135M, 48 examples one epoch each way (~4 min on 2 cores)
-    python -m bench.packing --quick    # tiny-llama smoke test
+    python -m bench.packing                     # SmolLM2-135M, 48 examples one epoch each way (~4 min on 2 cores)
+    python -m bench.packing --precision fp32    # both ways in fp32 (default auto: bf16 where native)
+    python -m bench.packing --quick             # tiny-llama smoke test
 
 The data is plain text, 80 % short (~30 tokens) and 20 % long (~240 tokens), the same examples both
 ways; one epoch each, so both runs train on exactly the same real tokens and the ratio is the ratio
@@ -32,6 +33,7 @@ from bench.common import (
     write_jsonl,
     write_yaml,
 )
+from pipelines.runner import add_precision_flag, announce_precision, resolve_precision
 
 NAME = "packing"
 TARGET = 1.5
@@ -65,13 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=None, help="examples, one epoch each way (48; quick 16)")
     parser.add_argument("--long_share", type=float, default=0.2, help="share of long examples")
     parser.add_argument("--reps", type=int, default=1, help="A/B pairs (2: A B B A)")
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
+    precision = announce_precision(resolve_precision(args.precision))
     from transformers import AutoTokenizer
 
     model = model_path(TINY if args.quick else SMOLLM2)
     examples = args.examples or (16 if args.quick else 48)
-    recorder = Recorder(NAME, args.quick)
+    recorder = Recorder(NAME, args.quick, precision)
     tokenizer = AutoTokenizer.from_pretrained(model)
     sft_args = common_args(max_steps=-1, num_train_epochs=1, completion_only_loss=None, packing_strategy="bfd")
 
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, mode in enumerate(order := abba(args.reps, "packing", "padding")):
             label = f"run {i + 1}/{len(order)} {mode}"
             extra = ["--packing", "true" if mode == "packing" else "false"]
-            _, record = run_pipelines_sft(label, tmp, config, model, data, 0, extra)
+            _, record = run_pipelines_sft(label, tmp, config, model, data, 0, precision, extra)
             runs.append({"mode": mode, **record})
 
     def mode_median(mode: str) -> float:
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         mode_median("padding"),
         "real tok/s",
         TARGET,
-        note=f"{examples} examples, {round(args.long_share * 100)}% long, one epoch each",
+        note=f"{precision.name}, {examples} examples, {round(args.long_share * 100)}% long, one epoch each",
     )
     recorder.finish(
         verdict,

@@ -1,9 +1,10 @@
 """The peer `bench reward_vs_trl` measures against: a reward model as a plain TRL script would train it.
 
     python bench/plain_trl_reward.py --config reward.yaml --model models/smollm2-135m-instruct \
-        --data data/textsql/pairs_train.jsonl --output_dir /tmp/plain-rm
+        --data data/textsql/pairs_train.jsonl --output_dir /tmp/plain-rm --bf16 true
 
 `--config` takes RewardConfig keys (the same YAML pipelines.reward gets); any key is also a flag.
+`--bf16 true` trains under TRL's bf16 autocast (fp32 weights), as the bench's precision says.
 """
 
 from __future__ import annotations

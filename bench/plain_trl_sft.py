@@ -1,9 +1,10 @@
 """The peer `bench sft_vs_trl` measures against: SFT as a plain TRL script would write it.
 
     python bench/plain_trl_sft.py --config sft.yaml --model models/smollm2-135m-instruct \
-        --data data/textsql/train.jsonl --output_dir /tmp/plain-sft
+        --data data/textsql/train.jsonl --output_dir /tmp/plain-sft --bf16 true
 
 `--config` takes SFTConfig keys (the same YAML pipelines.sft gets); any key is also a flag.
+`--bf16 true` trains under TRL's bf16 autocast (fp32 weights), as the bench's precision says.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """A Trainer stage of this project vs the plain TRL script a user would write, measured in one run.
 
 Shared by `sft_vs_trl` and `reward_vs_trl`: both sides read one YAML of TRL config keys and the same
-rows; an untimed warm-up run of each side goes first (the first process to read the model and import
-torch/TRL pays for a cold page cache: measured, the first run was 13 % slower than its twin); then the
-runs alternate A B B A and each side's median over the steady-state steps is compared.
+rows, and run in the same precision (`--precision`, auto by default: bf16 autocast where the CPU
+multiplies bf16 natively, for the plain script as TRL's own `bf16: true`); an untimed warm-up run of
+each side goes first (the first process to read the model and import torch/TRL pays for a cold page
+cache: measured, the first run was 13 % slower than its twin); then the runs alternate A B B A and
+each side's median over the steady-state steps is compared.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bench.common import (
     run_plain_script,
     write_yaml,
 )
+from pipelines.runner import Precision
 
 
 @dataclasses.dataclass
@@ -50,9 +53,10 @@ def compare_with_plain(
     warmup: int,
     reps: int,
     quick: bool,
+    precision: Precision,
 ) -> None:
     """Run the comparison and write its result file; `data(tmp)` gives (train, eval, note)."""
-    recorder = Recorder(spec.name, quick)
+    recorder = Recorder(spec.name, quick, precision)
     batch = spec.config["per_device_train_batch_size"]
     steps = spec.config["max_steps"]
     samples = steps * batch  # exactly one pass over the same rows
@@ -63,9 +67,12 @@ def compare_with_plain(
 
         def run(side: str, label: str, config: Path, count: int, skip: int) -> dict[str, Any]:
             if side == "plain":
-                return run_plain_script(spec.plain_script, label, tmp, config, model, train, count, skip)
+                return run_plain_script(spec.plain_script, label, tmp, config, model, train, count, skip, precision)
             flags = [*spec.pipelines_flags, "--max_train_samples", str(count)]
-            _, record = run_pipelines_sft(label, tmp, config, model, (train, eval_file), skip, flags, stage=spec.stage)
+            data_files = (train, eval_file)
+            _, record = run_pipelines_sft(
+                label, tmp, config, model, data_files, skip, precision, flags, stage=spec.stage
+            )
             return record
 
         warm_config = write_yaml(tmp / "warmup.yaml", {**spec.config, "max_steps": 2})
@@ -91,7 +98,7 @@ def compare_with_plain(
         side_median("plain", "steady_rate"),
         spec.unit,
         spec.target,
-        note=f"median of {reps} run(s) each, steps {warmup + 1}-{steps}",
+        note=f"{precision.name}, median of {reps} run(s) each, steps {warmup + 1}-{steps}",
     )
     recorder.finish(
         verdict,
