@@ -55,9 +55,10 @@ from annotation.unify import (
     outcome_counts,
     unify,
 )
-from pipelines.cli import CliParser, UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
+from pipelines.data.sources import read_jsonl
 from pipelines.runner.config import add_config_flags, config_layers, merge_config, parse_flags
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
@@ -340,10 +341,9 @@ def read_pulled(path: Path) -> tuple[str, list[PulledRecord]]:
     """A `pull` output file: the first line names the kind, then one record per line."""
     if not path.is_file():
         raise UserError(f"pulled file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    header, *rows = read_jsonl(path)
     try:
-        header = json.loads(lines[0]) if lines else {}
-        records = [PulledRecord.from_json(json.loads(line)) for line in lines[1:] if line.strip()]
+        records = [PulledRecord.from_json(row) for row in rows]
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} is not a file written by `python -m annotation pull` ({err})") from None
     if header.get("kind") not in schemas.KINDS:
@@ -366,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     add_export_flags(parser)
     args = parse_flags(parser, argv)
     config = export_config(args)
+    root = check_output_dir(Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT / args.dataset)
     kind, records = read_pulled(Path(args.input)) if args.input else pull_dataset(args.dataset)
     result = build_export(kind, records, config)
     summary = report(args.input or f"argilla://{args.dataset}", kind, records, result, config)
     aside = (item.disagreement_row() for item in result.unified if item.outcome == "disagreement")
-    root = Path(args.output_dir) if args.output_dir else DEFAULT_OUTPUT_ROOT / args.dataset
     target = write_versioned(root, Path(args.dataset).name, result.rows, summary, aside)
     print(json.dumps({"rows": len(result.rows), "left_out": dict(result.left_out), "output": str(target)}))
     return 0

@@ -27,7 +27,7 @@ place), so a stopped round resumes at the first step not done when the same comm
 5. retrain (reward/, ppo/): `python -m pipelines.reward` continues from the current reward model on all
    rounds' pairs, then `python -m pipelines.ppo` trains the current policy against it: their configs are
    `reward_config` and `ppo_config` with the `reward:` and `ppo:` overrides (written to reward.yaml and
-   ppo.yaml in the round folder), run with --resume so a stopped run continues from its checkpoint;
+   ppo.yaml in the round folder), with --resume where a stopped run left a checkpoint to continue from;
 6. evaluate (eval/, round.json): `python -m pipelines.eval compare` answers held-out prompts with the
    policy before and after the round (verifier accuracy, reward-model score), and the round's figures go to
    round.json, the table <output_dir>/rounds.md and the HTML report <output_dir>/report.html.
@@ -578,10 +578,12 @@ def stage_config(base: str, overrides: dict[str, Any], fixed: dict[str, Any], pa
     return path
 
 
-def resumable(output_dir: Path) -> None:
-    """A stage output dir without a checkpoint holds only a stopped run's start: begin it again from scratch."""
+def resumable(output_dir: Path) -> list[str]:
+    """`--resume true` where a stopped stage left a checkpoint; an output dir without one holds only a stopped
+    run's start: it is removed, and the stage begins again from scratch."""
     if output_dir.is_dir() and not any(output_dir.glob("checkpoint-*")):
         shutil.rmtree(output_dir)
+    return ["--resume", "true"] if output_dir.is_dir() else []
 
 
 def heldout_pairs(config: LoopConfig) -> Path:
@@ -604,8 +606,7 @@ def retrain(config: LoopConfig, current: Round) -> None:
             "output_dir": str(reward_dir),
         }
         reward_yaml = stage_config(config.reward_config, config.reward, fixed, current.dir / "reward.yaml")
-        resumable(reward_dir)
-        run_stage("pipelines.reward", "--config", reward_yaml, "--resume", "true")
+        run_stage("pipelines.reward", "--config", reward_yaml, *resumable(reward_dir))
     if not (ppo_dir / "summary.json").is_file():
         fixed = {
             "model_name_or_path": current.policy(config),
@@ -614,8 +615,7 @@ def retrain(config: LoopConfig, current: Round) -> None:
             "output_dir": str(ppo_dir),
         }
         ppo_yaml = stage_config(config.ppo_config, config.ppo, fixed, current.dir / "ppo.yaml")
-        resumable(ppo_dir)
-        run_stage("pipelines.ppo", "--config", ppo_yaml, "--resume", "true")
+        run_stage("pipelines.ppo", "--config", ppo_yaml, *resumable(ppo_dir))
 
 
 def evaluate(config: LoopConfig, current: Round) -> None:

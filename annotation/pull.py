@@ -17,7 +17,7 @@ from pathlib import Path
 
 from annotation.client import pull_dataset
 from annotation.export import DEFAULT_OUTPUT_ROOT, add_export_flags, build_export, export_config, report, write_pulled
-from pipelines.cli import CliParser, cli_entry
+from pipelines.cli import CliParser, check_output_file, cli_entry
 from pipelines.runner.config import parse_flags
 
 
@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     add_export_flags(parser)
     args = parse_flags(parser, argv)
     config = export_config(args)
-    kind, records = pull_dataset(args.dataset)
     output = Path(args.output) if args.output else DEFAULT_OUTPUT_ROOT / args.dataset / "pulled.jsonl"
+    check_output_file(output, make_folder=True)
+    kind, records = pull_dataset(args.dataset)
     write_pulled(output, args.dataset, kind, records)
     summary = report(f"argilla://{args.dataset}", kind, records, build_export(kind, records, config), config)
     print(json.dumps({**summary, "output": str(output)}, indent=2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def main() -> None:
     tokenizer.save_pretrained(out)
     update_seconds = [t - previous for previous, t in zip([start, *clock.times], clock.times, strict=False)]
     result = {
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # as pipelines' summary.json
         "train_seconds": seconds,
         "episodes": trainer.state.episode,
         "update_seconds": update_seconds,

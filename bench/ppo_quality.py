@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     gains = [s["gain"] for s in seeds.values()]
     differing = sum(s["differing"] for s in seeds.values())
-    win_rate = (sum(s["wins"] for s in seeds.values()) + sum(s["ties"] for s in seeds.values()) / 2) / max(
-        differing, 1
-    )
+    win_rate = (sum(s["wins"] for s in seeds.values()) + sum(s["ties"] for s in seeds.values()) / 2) / max(differing, 1)
     checks = {
         "mean gain >= 3 points": statistics.mean(gains) >= GAIN_TARGET,
         "no seed below SFT": min(gains) >= 0,

@@ -4,28 +4,31 @@
     python -m bench.ppo_vs_trl --policy runs/x/sft --reward_model runs/x/reward --updates 6
     python -m bench.ppo_vs_trl --quick             # tiny-llama smoke test (random reward head)
 
-trl 1.13 removed its PPO trainer, so the peer runs in its own venv (.cache/bench/trl-1.12: torch
-2.13.0, trl 1.12.0 and this project's pins of transformers/accelerate/datasets, so only TRL differs),
-built on first use. Both sides get the same policy, reference (= policy), value model (initialised
-from the reward model), reward model, prompts (data/textsql/train.jsonl questions, chat template),
-rollout batch (16 = 8 × 2 accumulation, one minibatch), PPO epochs, response length, temperature,
-KL coefficient and estimator and seed (from configs/ppo/default.yaml), the optimizer (AdamW, eps 1e-5, no
-gradient clipping: trl 1.12's loop has none, so ours runs with max_grad_norm 0 here) and learning rate:
-5e-5 (`--learning_rate`), not the default's 2e-6, which in 5 updates changes no greedy held-out answer
-(a gain of 0.00 on both sides says nothing). Measured 2026-12-04 on 64 held-out questions: with our
-default clipping at 1.0 left on, ours gained +0.36 reward keeping execution accuracy 0.89 while the
-unclipped peer gained +0.48 and fell to 0.52; both unclipped, +0.29 (0.81) vs +0.22 (0.69). One run
-per side answers the held-out questions, so the gains vary from run to run (the peer's +0.48 and +0.22
-came from the same settings).
-episodes/s = episodes / wall time of the updates after the first (model loading, evaluation and
-the first update's one-off costs excluded), per update as each side logs it; the runs alternate
-A B B A (this VM's CPU is shared: steal time comes in bursts) and each side's median is compared.
-Reward gain = held-out reward-model score of the final policy minus the starting policy's: the
-first run of each side and the start model answer the same held-out questions greedily
-(`python -m pipelines.eval compare`, which also reports execution accuracy and length). Training
-rollout scores are logged too, but they are not comparable: each side samples its own prompts.
-Target: ratio >= 1.5 with at least equal reward gain.
-"""
+trl 1.13 removed its PPO trainer, so the peer runs in its own venv (.cache/bench/trl-1.12: torch 2.13.0, trl
+1.12.0 and this project's pins of transformers/accelerate/datasets, so only TRL differs), built on first use.
+Both sides get the same policy, reference (= policy), reward model, prompts (data/textsql/train.jsonl
+questions, chat template), rollout batch (16 = 8 × 2 accumulation, one minibatch), PPO epochs, response
+length, temperature, KL coefficient and estimator and seed (from configs/ppo/default.yaml), the optimizer
+(AdamW, eps 1e-5, no gradient clipping: trl 1.12's loop has none, so ours runs with max_grad_norm 0 here) and
+learning rate: 5e-5 (`--learning_rate`), not the default's 2e-6, which in 5 updates changes no greedy held-out
+answer (a gain of 0.00 on both sides says nothing). Measured 2026-12-04 on 64 held-out questions: with our
+default clipping at 1.0 left on, ours gained +0.36 reward keeping execution accuracy 0.89 while the unclipped
+peer gained +0.48 and fell to 0.52; both unclipped, +0.29 (0.81) vs +0.22 (0.69). One run per side answers the
+held-out questions, so the gains vary from run to run (the peer's +0.48 and +0.22 came from the same
+settings). The value function is each side's own: the peer's a second model initialised from the reward model,
+ours what configs/ppo/default.yaml sets (`shared_backbone`: a value head on the policy's trunk). Precision:
+`--precision` (default auto: bf16 where the CPU multiplies it natively) for both sides: ours as its
+`precision` key, the peer as trl's `bf16` (autocast over its fp32 models, as TRL's example script loads them).
+Peak RSS: each side's own maximum resident set (getrusage, the whole run including loading), recorded for
+every run; target: ours <= 0.6 x the peer's (medians) with configs/ppo/default.yaml, whose memory keys
+(shared_backbone, frozen models in bf16) make the difference against the peer's four models. episodes/s =
+episodes / wall time of the updates after the first (model loading, evaluation and the first update's one-off
+costs excluded), per update as each side logs it; the runs alternate A B B A (this VM's CPU is shared: steal
+time comes in bursts) and each side's median is compared. Reward gain = held-out reward-model score of the
+final policy minus the starting policy's: the first run of each side and the start model answer the same held-
+out questions greedily (`python -m pipelines.eval compare`, which also reports execution accuracy and length).
+Training rollout scores are logged too, but they are not comparable: each side samples its own prompts.
+Target: ratio >= 1.5 with at least equal reward gain and peak RSS <= 0.6 x the peer's. """
 
 from __future__ import annotations
 
@@ -57,9 +60,11 @@ from bench.common import (
     run_child,
     write_yaml,
 )
+from pipelines.runner import Precision, add_precision_flag, announce_precision, resolve_precision
 
 NAME = "ppo_vs_trl"
 TARGET = 1.5
+RSS_TARGET = 0.6  # our peak RSS / the peer's, at most
 PEER_VENV = ROOT / ".cache" / "bench" / "trl-1.12"
 PEER_SCRIPT = ROOT / "bench" / "plain_trl112_ppo.py"
 PEER_PACKAGES = ("trl==1.12.0",)
@@ -122,7 +127,7 @@ def shared_settings(updates: int, learning_rate: float, quick: bool) -> dict[str
     return settings
 
 
-def peer_config(s: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+def peer_config(s: dict[str, Any], output_dir: Path, precision: Precision) -> dict[str, Any]:
     """trl 1.12 PPOConfig keys for the same run: local batch = 8 × 2 × 1 minibatch = the rollout batch."""
     return {
         "output_dir": str(output_dir),
@@ -152,15 +157,16 @@ def peer_config(s: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         "save_strategy": "no",
         "report_to": "none",
         "logging_steps": 1,
-        "bf16": False,
+        "bf16": precision.bf16,
         "use_cpu": True,
         "dataloader_pin_memory": False,
     }
 
 
-def our_flags(s: dict[str, Any], output_dir: Path) -> list[str]:
+def our_flags(s: dict[str, Any], output_dir: Path, precision: Precision) -> list[str]:
     flags = {
         "output_dir": output_dir,
+        "precision": precision.name,
         "max_steps": s["updates"],
         "rollout_batch_size": s["rollout_batch_size"],
         "generation_batch_size": s["rollout_batch_size"],
@@ -193,11 +199,11 @@ def reward_gain(scores: list[float]) -> float:
     return sum(scores[-third:]) / third - sum(scores[:third]) / third
 
 
-def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> dict[str, Any]:
+def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any], precision: Precision) -> dict[str, Any]:
     out = tmp / "ours"
     cmd = [PYTHON, "-m", "pipelines.ppo", "--config", str(ROOT / "configs" / "ppo" / "default.yaml")]
     cmd += ["--model_name_or_path", policy, "--reward_model_path", reward_model, "--dataset", str(PROMPTS)]
-    cmd += ["--eval_dataset", str(PROMPTS), *our_flags(s, out)]
+    cmd += ["--eval_dataset", str(PROMPTS), *our_flags(s, out, precision)]
     load = loadavg()
     wall = run_child(cmd, tmp / "ours.log", "pipelines.ppo")
     summary = json.loads((out / "summary.json").read_text())
@@ -210,12 +216,13 @@ def run_ours(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> di
         "train_seconds": summary["train"]["train_runtime"] if "train" in summary else summary["train_runtime"],
         "update_seconds": seconds,
         "scores": [row["objective/scores"] for row in metrics],
+        "peak_rss_mib": summary["peak_rss_mib"],
     }
 
 
-def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> dict[str, Any]:
+def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any], precision: Precision) -> dict[str, Any]:
     out = tmp / "peer"
-    config = write_yaml(tmp / "peer.yaml", peer_config(s, out))
+    config = write_yaml(tmp / "peer.yaml", peer_config(s, out, precision))
     cmd = [str(peer_python()), str(PEER_SCRIPT), "--config", str(config), "--policy", policy]
     cmd += ["--reward_model", reward_model, "--data", str(PROMPTS)]
     load = loadavg()
@@ -228,6 +235,7 @@ def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any]) -> di
         "train_seconds": result["train_seconds"],
         "update_seconds": result["update_seconds"],
         "scores": [row["objective/scores"] for row in result["log_history"] if "objective/scores" in row],
+        "peak_rss_mib": result["peak_rss_mib"],
     }
 
 
@@ -241,8 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--learning_rate", type=float, default=5e-5, help="both sides' learning rate (default 5e-5: see the docstring)"
     )
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
+    precision = announce_precision(resolve_precision(args.precision))
     if args.quick:
         policy, reward_model = model_path(TINY), tiny_reward_model()
     elif args.policy and args.reward_model:
@@ -251,20 +261,20 @@ def main(argv: list[str] | None = None) -> None:
         policy, reward_model = default_models()
     settings = shared_settings(args.updates or (2 if args.quick else 5), args.learning_rate, args.quick)
     peer_python()  # built before any timing
-    recorder = Recorder(NAME, args.quick)
+    recorder = Recorder(NAME, args.quick, precision)
     order = abba(args.reps or (1 if args.quick else 2), "ours", "peer")
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-ppo-vs-trl-") as tmp_name:
         for i, side in enumerate(order):
             tmp = Path(tmp_name) / f"run-{i}"
             tmp.mkdir()
-            record = (run_ours if side == "ours" else run_peer)(tmp, policy, reward_model, settings)
+            record = (run_ours if side == "ours" else run_peer)(tmp, policy, reward_model, settings, precision)
             steady = record["update_seconds"][1:]
             record |= {"side": side, "rollout_score_gain": reward_gain(record["scores"])}
             record["steady_episodes_per_s"] = len(steady) * settings["rollout_batch_size"] / sum(steady)
             print(
                 f"  run {i + 1}/{len(order)} {side:<4} {record['steady_episodes_per_s']:.3f} episodes/s "
-                f"(updates 2-{len(record['update_seconds'])})",
+                f"(updates 2-{len(record['update_seconds'])}), peak RSS {record['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
             runs.append(record)
@@ -281,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         return f"{value:.2f}" if value is not None else "n/a"
 
     gain_ok = gains["ours"] >= gains["peer"]
+    rss = {name: side(name, "peak_rss_mib") for name in ("ours", "peer")}
+    rss_ok = rss["ours"] <= RSS_TARGET * rss["peer"]
     episodes = settings["updates"] * settings["rollout_batch_size"]
     verdict = Verdict(
         NAME,
@@ -293,8 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         note=f"median of {len(order) // 2} run(s) each; reward gain {gains['ours']:+.2f} vs {gains['peer']:+.2f} "
         f"({'>=' if gain_ok else '<'}) on {HELD_OUT} held-out questions after {episodes} episodes at lr "
         f"{settings['learning_rate']:g} (execution accuracy start {accuracy('start')}, ours {accuracy('ours')}, "
-        f"peer {accuracy('peer')})",
-        condition_met=gain_ok,
+        f"peer {accuracy('peer')}); peak RSS {rss['ours']:.0f} vs {rss['peer']:.0f} MiB "
+        f"({rss['ours'] / rss['peer']:.2f}x, target <= {RSS_TARGET:g})",
+        condition_met=gain_ok and rss_ok,
     )
     recorder.finish(
         verdict,
@@ -306,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             "held_out": held_out,
             "held_out_reward_gain": gains,
             "reward_gain_at_least_equal": gain_ok,
+            "peak_rss_mib": rss,
+            "peak_rss_within_target": rss_ok,
             "runs": runs,
         },
     )

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TypeVar
 
+from tqdm import tqdm
+
 F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2
@@ -81,14 +83,16 @@ def check_output_dir(path: str | Path, flag: str = "--output_dir") -> Path:
     return path
 
 
-def check_output_file(path: str | Path, flag: str = "--output") -> Path:
-    """`path` as an output file: not a folder, in a folder that exists and is writable; otherwise a one-line
-    `UserError` naming `flag`. Call it before any work."""
+def check_output_file(path: str | Path, flag: str = "--output", make_folder: bool = False) -> Path:
+    """`path` as an output file: not a folder, in a writable folder that exists (or, with `make_folder`, can be
+    made); otherwise a one-line `UserError` naming `flag`. Call it before any work."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file path")
     folder = path.parent
-    if not folder.is_dir():
+    if make_folder:
+        check_output_dir(folder, flag)
+    elif not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise UserError(f"{flag} {path}: its folder {folder} {what}; create the folder or choose another {flag}")
     _check_writable(folder, flag)
@@ -151,7 +155,8 @@ def _stop(err: KeyboardInterrupt) -> NoReturn:
     outcomes = [hook() for hook in reversed(_INTERRUPT_HOOKS)] + [_remove_claimed_dir()]
     said = "; ".join(outcome for outcome in outcomes if outcome) or "nothing was written"
     if os.environ.get("RANK", "0") == "0":  # one message for a multi-process run
-        print(f"stopped by {signal.Signals(signum).name}: {said}", file=sys.stderr, flush=True)
+        # on a line of its own, not after a progress bar left mid-line
+        tqdm.write(f"stopped by {signal.Signals(signum).name}: {said}", file=sys.stderr)
     sys.exit(128 + signum)
 
 

@@ -23,7 +23,6 @@ ends it); the demo ends by printing the URL of the loop round's dataset next to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 from pipelines.models import PROJECT_ROOT, SMOLLM2
 
 STAGES = ("annotation", "pretrain", "sft", "reward", "ppo", "compare", "loop")
@@ -111,15 +110,15 @@ def print_annotation_help(status: dict[str, object], loop_url: str | None) -> No
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
+    parser = CliParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", type=Path, default=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise UserError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    run_dir = args.run_dir
+    if unknown or not stages:
+        raise UserError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}")
+    run_dir = check_output_dir(args.run_dir, "--run_dir")
     pretrain, sft, reward, ppo = (run_dir / name for name in ("pretrain", "sft", "reward", "ppo"))
     timings: dict[str, float] = {}
     data: dict[str, dict[str, object]] = {}

@@ -16,35 +16,30 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.cli import UserError, cli_entry
+from datasets import DatasetDict
+
+from pipelines.cli import CliParser, UserError, check_output_file, cli_entry, write_atomically
+from pipelines.data.formats import check_text_columns
+from pipelines.data.sources import load_source
 from pipelines.runner import add_precision_flag
+from pipelines.runner.config import check_ranges
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "text")
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a .txt file (one per line) or a .jsonl file (the first known prompt field)."""
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}")
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-    if not lines:
-        raise UserError(f"input file is empty: {path}")
-    if path.suffix != ".jsonl":
-        return lines
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number} is not JSON: {err.msg}") from None
-        field = next((f for f in PROMPT_FIELDS if f in row), None)
-        if field is None:
-            raise UserError(f"{path}:{number} has none of the fields {', '.join(PROMPT_FIELDS)}")
-        prompts.append(str(row[field]))
-    return prompts
+def read_prompts(spec: str) -> list[str]:
+    """Prompts from any data source the stages read (a .txt file is one prompt a line), from its first known prompt
+    column; a row without text there is a one-line error naming it."""
+    rows = load_source(spec)
+    rows = rows["train"] if isinstance(rows, DatasetDict) else rows
+    if len(rows) == 0:
+        raise UserError(f"no prompts in {spec}")
+    field = next((f for f in PROMPT_FIELDS if f in rows.column_names), None)
+    if field is None:
+        found = ", ".join(rows.column_names)
+        raise UserError(f"{spec} has none of the prompt columns {', '.join(PROMPT_FIELDS)} (it has {found})")
+    check_text_columns(rows, [field], spec)
+    return list(rows[field])
 
 
 def _messages(prompt: str, system: str | None, history: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
@@ -77,13 +72,15 @@ def _stream_reply(model, tokenizer, messages: list[dict[str, str]], args: argpar
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.generate", description=__doc__.split("\n")[0])
+    parser = CliParser(prog="python -m pipelines.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model folder (or a name under models/)")
     parser.add_argument(
         "--prompt",
         help="one prompt; without --prompt/--input an interactive chat starts",
     )
-    parser.add_argument("--input", type=Path, help=".txt (one prompt a line) or .jsonl file of prompts")
+    parser.add_argument(
+        "--input", help="prompts: a .txt file (one a line), or any data file or folder with a prompt column"
+    )
     parser.add_argument("--output", type=Path, help="with --input: write JSONL here instead of stdout")
     parser.add_argument("--system", help="system message")
     parser.add_argument("--max_new_tokens", type=int, default=128)
@@ -96,8 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_precision_flag(parser)
     args = parser.parse_args(argv)
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max_new_tokens must be > 0, got {args.max_new_tokens}")
+    # every mistake a user can make is found before the model loads or anything is written
+    check_ranges(args, prefix="--")
+    if args.input and args.prompt is not None:
+        raise UserError("give --prompt or --input, not both")
+    if args.output:
+        if not args.input:
+            raise UserError("--output writes the answers to --input's prompts: give --input too")
+        check_output_file(args.output)
     prompts = read_prompts(args.input) if args.input else None
 
     from trl import ModelConfig
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         text = "\n".join(rows) + "\n"
         if args.output:
-            args.output.write_text(text, encoding="utf-8")
+            write_atomically(args.output, text)
         else:
             sys.stdout.write(text)
         print(

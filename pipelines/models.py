@@ -10,14 +10,13 @@ fp32 safetensors folder that loads in under a second.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 
 if TYPE_CHECKING:  # transformers is imported lazily: `list` must stay instant
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -181,13 +180,14 @@ def prepare(force: bool = False) -> list[Path]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.models", description=__doc__.split("\n")[0])
+    parser = CliParser(prog="python -m pipelines.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build the offline models under models/")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
     sub.add_parser("list", help="list the local models")
     args = parser.parse_args(argv)
     if args.command == "prepare":
+        check_output_dir(MODELS_DIR, "PIPELINES_MODELS_DIR (the models folder)")
         prepare(force=args.force)
     else:
         for name in local_models():

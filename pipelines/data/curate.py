@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from datasets import Dataset, DatasetDict
 
-from pipelines.cli import CliParser, UserError, claim_output_dir, cli_entry, mask_passwords
+from pipelines.cli import CliParser, UserError, check_output_dir, claim_output_dir, cli_entry, mask_passwords
 from pipelines.data import card, dedup, fields, filters, select, stats
 from pipelines.data.sources import load_source
 from pipelines.runner.config import (
@@ -358,6 +358,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def curate(config: CurationConfig, steps: list[Step], command: str) -> Path:
     """Run `steps` in order on the source and publish a new version; returns its folder."""
     context = Context(config, Path())
+    root = check_output_dir(config.output_dir)
     if any(step.needs_tokens() for step in steps):  # paths a user can get wrong fail before any work
         context.tokenizer()
     for step in steps:
@@ -367,7 +368,6 @@ def curate(config: CurationConfig, steps: list[Step], command: str) -> Path:
     for step in steps:
         fields.check_columns(first, step.columns(), f"step {step.name}")
         fields.text_fields(first, step.fields or config.fields)
-    root = Path(config.output_dir)
     claim_output_dir(root)
     with card.staging_dir(root) as work:
         context.work = work

@@ -28,15 +28,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_dir, check_output_file, claim_output_dir, cli_entry
 from pipelines.data.formats import detect_mapping, generation_pairs, to_training_format
 from pipelines.data.sources import load_source
 from pipelines.eval import harness
 from pipelines.eval.report import COMPARISON_FILE, write_report
 from pipelines.eval.verifiers import CHOICES as VERIFIERS
 from pipelines.eval.verifiers import pick_verifier
-from pipelines.models import PROJECT_ROOT
+from pipelines.models import PROJECT_ROOT, resolve_model
 from pipelines.runner import add_precision_flag
+from pipelines.runner.config import check_ranges
 
 DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
 DEFAULT_DB = PROJECT_ROOT / "data" / "textsql" / "shop.sqlite"
@@ -49,6 +50,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines.runner import (
         Generation,
         announce_precision,
+        check_scoring_model,
         load_model,
         load_scalar_model,
         load_tokenizer,
@@ -56,19 +58,30 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         score_conversations,
     )
 
+    # every mistake a user can make is found before a model loads or anything is written
     names = args.names or [Path(m).name for m in args.models]
     if len(names) != len(args.models):
         raise UserError(f"{len(args.models)} models but {len(names)} names")
+    if len(set(names)) != len(names):
+        raise UserError(f"the model names repeat ({', '.join(names)}): give distinct --names")
+    claim_output_dir(check_output_dir(args.output_dir))
     lm_eval_tasks = harness.parse_tasks(args.lm_eval_tasks or "")
     if lm_eval_tasks:
         harness.check_available(lm_eval_tasks)  # before minutes of generation, not after
-    rows = load_source(str(args.data))
+    for model in args.models:
+        resolve_model(model)
+    if args.reward_model:
+        check_scoring_model(args.reward_model)
+    rows = load_source(args.data, purpose="eval")
     rows = rows["train"] if hasattr(rows, "keys") else rows
     rows = rows.select(range(min(args.samples, len(rows))))
-    formatted = to_training_format(rows, detect_mapping(rows.column_names, args.columns), args.system_prompt)
+    verified_rows = [dict(r) for r in rows]
+    verifier = pick_verifier(args.verifier, rows.column_names, args.db, verified_rows)
+    mapping = detect_mapping(rows.column_names, args.columns)
+    formatted = to_training_format(rows, mapping, args.system_prompt, name=args.data)
     prompts, references = generation_pairs(formatted)
     if not prompts:
-        raise UserError(f"{args.data} has no prompt/answer pairs to compare on")
+        raise UserError(f"{args.data} has no prompt/answer pairs to compare on (it has {', '.join(mapping)} rows)")
     tokenizer = load_tokenizer(args.models[0])
     precision = announce_precision(resolve_precision(args.precision))
     reward_model = None
@@ -77,8 +90,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         reward_tokenizer = load_tokenizer(args.reward_model)
     reports: list[dict[str, Any]] = []  # one verifier report per model, in order
     reward_scores: list[list[float]] = []  # one list of per-prompt scores per model, in order
-    verifier = pick_verifier(args.verifier, rows.column_names, args.db)
-    verified_rows = [dict(r) for r in rows]
 
     def task_metrics(generations: list[Generation]) -> dict[str, float]:
         texts = [g.text for g in generations]
@@ -156,12 +167,14 @@ def _print_table(results: dict[str, dict[str, float]]) -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.eval", description=__doc__.split("\n")[0])
+    parser = CliParser(prog="python -m pipelines.eval", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="the same held-out prompts answered by several models, side by side")
     cmp.add_argument("--models", nargs="+", required=True, help="model folders (or names under models/)")
     cmp.add_argument("--names", nargs="+", help="display names, one per model")
-    cmp.add_argument("--data", type=Path, default=DEFAULT_DATA, help="held-out rows (question/answer, ...)")
+    cmp.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="held-out rows (question/answer, ...): any data source, argilla://"
+    )
     cmp.add_argument("--columns", help="column mapping role=column, as in the stages' configs")
     cmp.add_argument("--system_prompt", default=None)
     cmp.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite database for execution accuracy")
@@ -186,10 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--output", type=Path, help="where to write the page (default: <run_dir>/report.html)")
     args = parser.parse_args(argv)
     if args.command == "report":
+        if args.output:
+            check_output_file(args.output)
         print(f"report: {write_report(args.run_dir, args.output)}")
         return
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max_new_tokens must be > 0, got {args.max_new_tokens}")
+    check_ranges(args, prefix="--")
     compare(args)
 
 

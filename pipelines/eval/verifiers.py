@@ -46,14 +46,30 @@ def _math() -> Verifier:
     return Verifier("math", "answer_accuracy", "final answer", evaluate)
 
 
-def pick_verifier(choice: str, columns: Sequence[str], db: Path | None) -> Verifier | None:
+def _gold_sql_failure(rows: Sequence[dict[str, Any]], db: Path) -> str | None:
+    """Why the rows' reference answers are not text-to-SQL answers for `db` (the first that does not run), if so."""
+    from pipelines.tasks.textsql.execute import execute
+
+    for number, row in enumerate(rows, start=1):
+        result = execute(db, str(row["answer"]))
+        if result.rows is None:
+            answer = str(row["answer"])[:40]
+            return f"the reference answer of row {number} ({answer!r}) does not run on {db} ({result.error})"
+    return None
+
+
+def pick_verifier(
+    choice: str, columns: Sequence[str], db: Path | None, rows: Sequence[dict[str, Any]] = ()
+) -> Verifier | None:
     """The verifier asked for, or for `auto` the one the data's columns fit (math rows first: they carry
-    their template and parameters; SQL rows need the database their answers run on)."""
+    their template and parameters; SQL rows need the database their answers run on). With `rows`, a SQL
+    verifier first checks their reference answers run, before any generation."""
     have = set(columns)
     if choice == "auto":
         if have >= MATH_COLUMNS:
             return _math()
-        return _sql(db) if have >= SQL_COLUMNS and db is not None and db.is_file() else None
+        sql_fits = have >= SQL_COLUMNS and db is not None and db.is_file() and _gold_sql_failure(rows, db) is None
+        return _sql(db) if sql_fits else None
     if choice == "none":
         return None
     needed = MATH_COLUMNS if choice == "math" else SQL_COLUMNS
@@ -63,4 +79,9 @@ def pick_verifier(choice: str, columns: Sequence[str], db: Path | None) -> Verif
         return _math()
     if db is None or not db.is_file():
         raise UserError(f"--verifier sql runs the answers on --db, and {db} is not a file")
+    failure = _gold_sql_failure(rows, db)
+    if failure:
+        raise UserError(
+            f"--verifier sql: {failure}: not text-to-SQL data for it; use --verifier auto|math|none or --db"
+        )
     return _sql(db)

@@ -31,6 +31,14 @@ class PPOConfig(TrainingArguments):
             "else the policy with a fresh head)."
         },
     )
+    shared_backbone: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Value head on the policy's trunk: one backbone for policy and value (one forward, and a "
+            "model's weights, gradients and AdamW state less); the value loss then also trains the trunk. False: "
+            "a value model of its own (value_model_path)."
+        },
+    )
     ref_model_path: str | None = dataclasses.field(
         default=None,
         metadata={"help": "Frozen reference (default: the initial policy; with LoRA, its adapter-disabled base)."},
@@ -122,7 +130,7 @@ class PPOConfig(TrainingArguments):
         minibatch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
-        if self.rollout_batch_size % minibatch:
+        if minibatch > 0 and self.rollout_batch_size % minibatch:  # sizes below 1: the loader's bounds check says
             raise ValueError(
                 f"rollout_batch_size={self.rollout_batch_size} must be a multiple of per_device_train_batch_size * "
                 f"gradient_accumulation_steps = {minibatch}"

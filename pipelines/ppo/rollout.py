@@ -167,21 +167,52 @@ def forward(
     pad_id: int | None = None,
     eos_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits over response positions / temperature, log-probs of the sampled response tokens), pad
-    masked as in sampling (`mask_pad`) so these log-probs and the sampled ones share one distribution."""
+    """(logits over response positions / temperature, log-probs of the sampled response tokens), pad masked
+    as in sampling (`mask_pad`) so these log-probs and the sampled ones share one distribution."""
+    logits, logprobs, _ = forward_with_values(model, rollout, temperature, share_prefix, pad_id, eos_id)
+    return logits, logprobs
+
+
+def forward_with_values(
+    model: torch.nn.Module,
+    rollout: Rollout,
+    temperature: float,
+    share_prefix: bool = True,
+    pad_id: int | None = None,
+    eos_id: int | None = None,
+    value_head: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`forward`'s logits and log-probs and, with `value_head` (a value head on the policy's trunk), V(state
+    before each response token) from the same forward: the hidden states the LM head reads. Values are None
+    without one.
+
+    The logits are upcast to fp32 before the log-softmax: under bf16 autocast the LM head returns bf16 logits,
+    and PPO's ratio and KL need log-probs in fp32 (the decode loop upcasts the same way, `pick_tokens`).
+    """
     # The LM head only where a response token is predicted: the query makes most of the sequence,
     # and the head is a fifth of SmolLM2's FLOPs.
     keep = rollout.response_ids.shape[1] + 1
-    output = forward_sharing_prefix(
-        model,
-        rollout.sequence_ids,
-        rollout.sequence_mask,
-        rollout.prefix_length(share_prefix),
-        use_cache=False,
-        logits_to_keep=keep,
+    head_inputs: list[torch.Tensor] = []
+    hook = (
+        model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: head_inputs.append(args[0]))
+        if value_head is not None
+        else None
     )
-    logits = mask_pad(output.logits[:, :-1] / temperature, pad_id, eos_id)
-    return logits, selective_log_softmax(logits, rollout.response_ids)
+    try:
+        output = forward_sharing_prefix(
+            model,
+            rollout.sequence_ids,
+            rollout.sequence_mask,
+            rollout.prefix_length(share_prefix),
+            use_cache=False,
+            logits_to_keep=keep,
+        )
+    finally:
+        if hook is not None:
+            hook.remove()
+    logits = mask_pad(output.logits[:, :-1].float() / temperature, pad_id, eos_id)
+    values = value_head(head_inputs[-1][:, :-1]) if value_head is not None else None  # the last call: past the prefix
+    return logits, selective_log_softmax(logits, rollout.response_ids), values
 
 
 def token_values(value_model: torch.nn.Module, rollout: Rollout, share_prefix: bool = True) -> torch.Tensor:

@@ -19,44 +19,95 @@ prompt order is a function of the step, so a resumed run sees the same prompts a
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
+from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, get_scheduler
 from transformers.trainer_pt_utils import get_parameter_names
-from trl.models.utils import unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
+from pipelines.cli import on_interrupt
 from pipelines.eval.verifiers import Verifier
 from pipelines.ppo import core
 from pipelines.ppo.config import PPOConfig
 from pipelines.ppo.rewards import RewardSource
-from pipelines.ppo.rollout import Rollout, forward, micro_batches, sample, token_values
+from pipelines.ppo.rollout import Rollout, forward, forward_with_values, micro_batches, sample, token_values
 from pipelines.runner import (
     METRICS_FILE,
+    TENSORBOARD_DIR,
     Messages,
     NgramDrafter,
     append_metrics,
     checkpoint_dir,
     complete_checkpoint,
+    enable_cpu_fsdp,
 )
 
 STATE_FILE = "ppo_state.json"
+VALUE_HEAD_FILE = "value_head.safetensors"  # the shared backbone's value head, beside the policy
 ROLLOUT_STATE_FILE = "rollout_state_{rank}.pt"
 # Parameters weight decay leaves alone, as the Trainer stages do (biases and norms).
 NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
+class ValueHead(torch.nn.Module):
+    """V(s) read off the policy's own last hidden state (`shared_backbone`): one trunk for policy and value.
+
+    Computed in fp32 whatever autocast says (a value rounded to bf16 moves by ~0.4 %); weights drawn from
+    N(0, 1/sqrt(hidden + 1)), bias 0, as the N+ implementation details initialise reward and value heads.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.score.weight, std=1 / math.sqrt(hidden_size + 1))
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.score(hidden.float()).squeeze(-1)
+
+
+def configure_deepspeed(accelerator: Accelerator, config: PPOConfig) -> None:
+    """Batch keys DeepSpeed would read off a prepared dataloader (PPO prepares none: left 'auto', accelerate
+    refuses to start): the micro-batch, the micro-batches a mini-batch accumulates (DeepSpeed steps once a
+    mini-batch, where `accumulate_gradients` marks the boundary), and PPO's gradient clipping (DeepSpeed clips
+    itself; accelerate's default would be 1.0 whatever `max_grad_norm` says)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    micro, steps = config.per_device_train_batch_size, config.gradient_accumulation_steps
+    plugin.deepspeed_config.update(
+        {
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": steps,
+            "train_batch_size": micro * steps * accelerator.num_processes,
+            "gradient_clipping": config.max_grad_norm or 0.0,
+        }
+    )
+
+
 class PolicyAndValue(torch.nn.Module):
-    """One module so DDP/FSDP/DeepSpeed wrap, sync and checkpoint both with one optimizer."""
+    """One module so DDP/FSDP/DeepSpeed wrap, sync and checkpoint both with one optimizer. `value` is a model
+    of its own (a backbone + `score` head) or a `ValueHead` on the policy's trunk.
+
+    Every forward of the trained weights goes through `forward` (experience and training alike): FSDP gathers
+    the root's shards in its forward hooks, and accelerate's bf16 autocast wraps it, so the old values and
+    log-probs are computed the way the training forward recomputes them.
+    """
 
     def __init__(
         self, policy: torch.nn.Module, value: torch.nn.Module, share_prefix: bool, pad_id: int, eos_id: int
@@ -64,6 +115,14 @@ class PolicyAndValue(torch.nn.Module):
         super().__init__()
         self.policy, self.value, self.share_prefix = policy, value, share_prefix
         self.pad_id, self.eos_id = pad_id, eos_id
+        # FSDP's transformer auto-wrap shards the layer classes the wrapped module names (the decoder layers)
+        self._no_split_modules = sorted(
+            {name for model in (policy, value) for name in getattr(model, "_no_split_modules", None) or ()}
+        )
+
+    @property
+    def shared_backbone(self) -> bool:
+        return isinstance(self.value, ValueHead)
 
     # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
     @property
@@ -76,9 +135,6 @@ class PolicyAndValue(torch.nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
-    def policy_forward(self, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return forward(self.policy, rollout, temperature, self.share_prefix, self.pad_id, self.eos_id)
-
     def forward(
         self,
         query_ids: torch.Tensor,
@@ -86,12 +142,21 @@ class PolicyAndValue(torch.nn.Module):
         response_ids: torch.Tensor,
         response_mask: torch.Tensor,
         temperature: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(response logits, log-probs of the response tokens, values); called through the DDP wrapper
-        so gradients are synchronised."""
+        with_logprobs: bool = True,
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(response logits, log-probs of the response tokens, values), None for what is not asked (with a
+        shared backbone one forward gives all three); called through the wrapper (DDP, FSDP, DeepSpeed) so
+        gradients are synchronised and shards gathered."""
         rollout = Rollout([], query_ids, query_mask, response_ids, response_mask, [], torch.empty(0))
-        logits, logprobs = self.policy_forward(rollout, temperature)
-        return logits, logprobs, token_values(self.value, rollout, self.share_prefix)
+        logits = logprobs = values = None
+        if with_logprobs or (with_values and self.shared_backbone):
+            head = self.value if with_values and self.shared_backbone else None
+            args = (rollout, temperature, self.share_prefix, self.pad_id, self.eos_id)
+            logits, logprobs, values = forward_with_values(self.policy, *args, head)
+        if with_values and not self.shared_backbone:
+            values = token_values(self.value, rollout, self.share_prefix)
+        return logits, logprobs, values
 
 
 class RunningMoments:
@@ -142,17 +207,34 @@ class PPOTrainer:
         self.eval_rows, self.verifier = list(eval_rows)[: len(self.eval_prompts)], verifier
         # No gradient_accumulation_steps here: `learn` accumulates itself, dividing by the mini-batch's
         # token count (accelerate would divide each micro-batch's loss by the number of micro-batches).
+        # `bf16` (set from `precision`): accelerate runs the policy/value forward under bf16 autocast; the
+        # weights it trains and AdamW's state stay fp32.
+        enable_cpu_fsdp()  # an FSDP launch config shards on CPU processes too
         self.accelerator = Accelerator(
             cpu=config.use_cpu or not torch.cuda.is_available(),
+            mixed_precision="bf16" if config.bf16 else "no",
             log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
             project_dir=config.output_dir,
         )
+        configure_deepspeed(self.accelerator, config)
+        fsdp = self.accelerator.state.fsdp_plugin if self.accelerator.is_fsdp2 else None
+        if fsdp is not None and fsdp.mixed_precision_policy is not None:
+            # FSDP would cast the forward's outputs to bf16: the log-probs and values PPO's ratio and losses read
+            fsdp.mixed_precision_policy = dataclasses.replace(fsdp.mixed_precision_policy, output_dtype=None)
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        # DeepSpeed divides each micro-batch's loss by its accumulation steps; ours are already token means
+        # over the whole mini-batch.
+        self._backward_kwargs: dict[str, Any] = {"scale_wrt_gas": False} if deepspeed else {}
+        self._frozen_engines: list[Any] = []
         for model in (policy, value_model, ref_policy):
             if model is not None:
                 disable_dropout_in_model(model)  # N+ #5: dropout makes old and new log-probs disagree
-        self.model = PolicyAndValue(
-            policy, value_model, config.share_prompt_prefix, tokenizer.pad_token_id, tokenizer.eos_token_id
-        )
+        # Under FSDP the trained module computes every row in full: a shared prefix runs each layer twice in one
+        # forward, and FSDP2 frees a layer's gathered weights before the first run's backward needs them.
+        share = config.share_prompt_prefix and not self.accelerator.is_fsdp2
+        self.model = PolicyAndValue(policy, value_model, share, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        # FSDP shards the policy across processes; rollouts sample from a full copy each update refreshes.
+        self.rollout_copy = copy.deepcopy(policy).requires_grad_(False) if self.accelerator.is_fsdp2 else None
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(config.gradient_checkpointing_kwargs)
         # The optimizer a Trainer stage would build from the same arguments (`optim`: fused AdamW by default).
@@ -165,7 +247,11 @@ class PPOTrainer:
         )
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
-        self.ref_policy = ref_policy.to(self.accelerator.device).eval() if ref_policy is not None else None
+        # The frozen models (reference, reward) are replicated on every process (FSDP, DDP, ZeRO-2) or, under
+        # ZeRO-3, sharded by an inference engine of their own.
+        self.ref_policy = self._frozen(ref_policy) if ref_policy is not None else None
+        if isinstance(getattr(reward, "model", None), torch.nn.Module):
+            reward.model = self._frozen(reward.model)
         self.drafter = NgramDrafter()  # n-grams of earlier rollouts draft the next ones' tokens
         # Each process its own sampling stream: with one seed for all, a prompt two ranks both see would
         # get the same answer on both (half the exploration for the same compute).
@@ -175,8 +261,18 @@ class PPOTrainer:
         self.score_moments = RunningMoments()
         self.step = 0
         self.output_dir = Path(config.output_dir)
-        if self.accelerator.is_main_process:
-            self.accelerator.init_trackers("ppo")
+
+    def _frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model on this process's device, in eval mode. Under DeepSpeed, an inference engine of its
+        own (TRL's `prepare_deepspeed`): ZeRO-3 partitions it like the trained model, other stages replicate
+        it. The module is what is called (ZeRO-3's hooks sit on its layers and gather their parameters); the
+        engine is kept alive beside it."""
+        model = model.to(self.accelerator.device).eval()
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return model
+        engine = prepare_deepspeed(model, self.accelerator)
+        self._frozen_engines.append(engine)
+        return engine.module
 
     # -- prompts ---------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[Messages]:
@@ -199,6 +295,20 @@ class PPOTrainer:
     def _unwrapped(self) -> PolicyAndValue:
         return self.accelerator.unwrap_model(self.model)
 
+    def _trained_forward(
+        self, rollout: Rollout, with_logprobs: bool = True, with_values: bool = True
+    ) -> tuple[Any, Any, Any]:
+        """The policy/value forward through the wrapped model (see `PolicyAndValue.forward`)."""
+        return self.model(
+            rollout.query_ids,
+            rollout.query_mask,
+            rollout.response_ids,
+            rollout.response_mask,
+            self.config.temperature,
+            with_logprobs,
+            with_values,
+        )
+
     @torch.no_grad()
     def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor:
         unwrapped, config = self._unwrapped(), self.config
@@ -206,16 +316,30 @@ class PPOTrainer:
             args = (rollout, config.temperature, config.share_prompt_prefix, unwrapped.pad_id, unwrapped.eos_id)
             return forward(self.ref_policy, *args)[1]
         with unwrapped.policy.disable_adapter():  # LoRA: the base weights are the reference
-            return unwrapped.policy_forward(rollout, config.temperature)[1]
+            return self._trained_forward(rollout, with_values=False)[1]
 
     def _score(self, rollout: Rollout) -> torch.Tensor:
         return self.reward(rollout).to(self.accelerator.device)
 
+    @contextlib.contextmanager
+    def _sampling_policy(self) -> Iterator[torch.nn.Module]:
+        """The policy rollouts and evaluation sample from, under the run's autocast: the trained module (ZeRO-3:
+        its partitions gathered meanwhile, by TRL's `unwrap_model_for_generation`) or, under FSDP, the full
+        copy, refreshed from the shards (every process gathers every parameter once an update)."""
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
+            if self.rollout_copy is None:
+                yield unwrapped.policy
+                return
+            with torch.no_grad():
+                for target, source in zip(self.rollout_copy.parameters(), unwrapped.policy.parameters(), strict=True):
+                    target.copy_(source.full_tensor() if isinstance(source, DTensor) else source)
+            yield self.rollout_copy
+
     def _sample(self, prompts: list[Messages], temperature: float | None) -> Rollout:
         config = self.config
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+        with self._sampling_policy() as policy:
             return sample(
-                unwrapped.policy,
+                policy,
                 self.tokenizer,
                 prompts,
                 config.max_new_tokens,
@@ -231,25 +355,30 @@ class PPOTrainer:
         """Mean and variance over every process's masked entries (one all-reduce)."""
         return core.moments_from_sums(self.accelerator.reduce(core.masked_sums(values, mask), "sum"))
 
-    @torch.no_grad()
     def make_experience(self, prompts: list[Messages]) -> dict[str, Any]:
-        config, share = self.config, self.config.share_prompt_prefix
-        rollout = self._sample(prompts, config.temperature)
+        return self.experience(self._sample(prompts, self.config.temperature))
+
+    @torch.no_grad()
+    def experience(self, rollout: Rollout) -> dict[str, Any]:
+        """The rollout scored: old log-probs and values, reference log-probs, rewards with the KL penalty,
+        advantages and returns (GAE), whitened with every process's statistics."""
+        config = self.config
         mask = rollout.response_mask.float()
         # The old log-probs are those the tokens were sampled with, as TRL takes them from generate's
-        # scores: the decode loop's logits are the policy's at the same positions and temperature.
-        # After `generate` (stop strings) they take one more forward.
-        from_sampling = rollout.logprobs is not None
+        # scores: in fp32 the decode loop's logits are the training forward's (SmolLM2: to 2e-5), and a
+        # forward is saved. Not under bf16, where the two round differently (SmolLM2, 24 tokens: mean |diff|
+        # 0.036, max 0.33; the first epoch's ratio would start off 1), nor after `generate` (stop strings), nor
+        # with a shared backbone, whose forward for the values gives them anyway.
+        from_sampling = rollout.logprobs is not None and not config.bf16 and not self._unwrapped().shared_backbone
         logprobs = rollout.logprobs.clone() if from_sampling else torch.zeros_like(mask)
         ref_logprobs, values = torch.zeros_like(mask), torch.zeros_like(mask)
-        unwrapped = self._unwrapped()
-        for index in micro_batches(rollout, torch.arange(len(prompts)), config.per_device_train_batch_size):
+        for index in micro_batches(rollout, torch.arange(len(mask)), config.per_device_train_batch_size):
             part = rollout.select(index)
             width = part.response_ids.shape[1]
+            _, part_logprobs, values[index, :width] = self._trained_forward(part, with_logprobs=not from_sampling)
             if not from_sampling:
-                logprobs[index, :width] = unwrapped.policy_forward(part, config.temperature)[1]
+                logprobs[index, :width] = part_logprobs
             ref_logprobs[index, :width] = self._reference_logprobs(part)
-            values[index, :width] = token_values(unwrapped.value, part, share)
         raw_scores = self._score(rollout)
         scores = raw_scores.clone()
         if config.missing_eos_penalty is not None:  # N+ #23: penalise responses that never end
@@ -293,17 +422,18 @@ class PPOTrainer:
             micro_mask = old["mask"]
             # gradients are averaged across processes at the mini-batch's last micro-batch only
             last = number == len(parts) - 1
+            if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+                # DeepSpeed accumulates itself and steps at the boundary accelerate tells it (see configure_deepspeed)
+                self.accelerator.gradient_state._set_sync_gradients(last)
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                logits, logprobs, values = self.model(
-                    part.query_ids, part.query_mask, part.response_ids, part.response_mask, config.temperature
-                )
+                logits, logprobs, values = self._trained_forward(part)
                 pg_loss, pg_stats = core.policy_loss(
                     logprobs, old["logprobs"], old["advantages"], micro_mask, config.cliprange, tokens
                 )
                 vf_loss, vf_stats = core.value_loss(
                     values, old["values"], old["returns"], micro_mask, config.cliprange_value, tokens
                 )
-                self.accelerator.backward(pg_loss + config.vf_coef * vf_loss)
+                self.accelerator.backward(pg_loss + config.vf_coef * vf_loss, **self._backward_kwargs)
             with torch.no_grad():
                 weight = max(float(micro_mask.sum()), 1.0)  # the micro-batch's means count by its tokens
                 entropy = core.masked_mean(core.entropy_from_logits(logits), micro_mask)
@@ -431,6 +561,10 @@ class PPOTrainer:
             self.load_checkpoint(resume_from)
         else:
             set_seed(config.seed)
+        if self.accelerator.is_main_process:  # one TensorBoard run: a resumed one hides the stopped run's later steps
+            purge = {"tensorboard": {"purge_step": self.step + 1}} if resume_from else {}
+            self.accelerator.init_trackers(TENSORBOARD_DIR, init_kwargs=purge)
+            on_interrupt(self._close_trackers)  # a stopped run's buffered events reach the disk
         metrics_path = self.output_dir / METRICS_FILE
         summary: dict[str, Any] = {"eval_before": self.evaluate() if not resume_from else None}
         if summary["eval_before"]:
@@ -469,6 +603,10 @@ class PPOTrainer:
         self._log_eval(metrics_path, summary["eval_after"])
         return summary
 
+    def _close_trackers(self) -> None:
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+
     def _write_samples(self, batch: dict[str, Any], count: int = 4) -> None:
         rollout = batch["rollout"]
         with (self.output_dir / "samples.jsonl").open("a", encoding="utf-8") as handle:
@@ -482,13 +620,22 @@ class PPOTrainer:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def save(self) -> None:
-        """The policy (LoRA: adapter) in output_dir and the value model in output_dir/value_model, once."""
+        """The policy (LoRA: adapter) in output_dir and the value model in output_dir/value_model (a shared
+        backbone's value head: value_head.safetensors), once. The weights are gathered first, on every
+        process (a collective): FSDP's shards and ZeRO-3's partitions become whole tensors, not a shard."""
         self.accelerator.wait_for_everyone()
+        state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             unwrapped = self._unwrapped()
-            unwrapped.policy.save_pretrained(self.output_dir)
-            unwrapped.value.save_pretrained(self.output_dir / "value_model")
+            policy, value = (
+                {k.removeprefix(p): v for k, v in state.items() if k.startswith(p)} for p in ("policy.", "value.")
+            )
+            unwrapped.policy.save_pretrained(self.output_dir, state_dict=policy)
             self.tokenizer.save_pretrained(self.output_dir)
-            self.tokenizer.save_pretrained(self.output_dir / "value_model")
+            if unwrapped.shared_backbone:
+                save_file({k: v.contiguous() for k, v in value.items()}, self.output_dir / VALUE_HEAD_FILE)
+            else:
+                unwrapped.value.save_pretrained(self.output_dir / "value_model", state_dict=value)
+                self.tokenizer.save_pretrained(self.output_dir / "value_model")
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()  # closes the trackers and the process group: nothing collective after this

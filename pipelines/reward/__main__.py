@@ -19,7 +19,6 @@ held-out pairs are scored: accuracy, score histograms and margin calibration in
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -29,6 +28,8 @@ from typing import Any
 from accelerate import PartialState
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
+from pipelines.cli import CliParser, check_output_file, write_atomically
+from pipelines.data.formats import check_text_columns
 from pipelines.data.preferences import PAIR_RULES, to_preference_format
 from pipelines.data.sources import DataArguments, load_source, load_splits, metrics_sinks
 from pipelines.eval.reward import pairwise_report
@@ -39,6 +40,7 @@ from pipelines.runner import (
     UserError,
     add_precision_flag,
     announce_precision,
+    check_scoring_model,
     cli_entry,
     load_scalar_model,
     load_tokenizer,
@@ -52,6 +54,7 @@ from pipelines.runner import (
     training_precision,
     write_summary,
 )
+from pipelines.runner.config import check_ranges
 
 
 @dataclasses.dataclass
@@ -73,7 +76,7 @@ class PreferenceArguments:
 
 
 def build_pairs(data_args: DataArguments, pref_args: PreferenceArguments, seed: int) -> tuple[Any, Any]:
-    train_rows, eval_rows = load_splits(data_args, seed)
+    train_rows, eval_rows = load_splits(data_args, seed, "reward")
     return tuple(
         to_preference_format(
             rows, pref_args.pair_rule, pref_args.margin_column, pref_args.margin_scale, data_args.system_prompt
@@ -117,10 +120,11 @@ def train_main(argv: list[str]) -> None:
     )
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (the SFT output, a folder under models/, or a hub id)")
-    precision = training_precision(precision_args.precision, training_args)
+    # every mistake a user can make is found before the model loads or anything is written
     resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_pairs, eval_pairs = build_pairs(data_args, pref_args, training_args.seed)
+    precision = training_precision(precision_args.precision, training_args)
     # from a causal LM (e.g. the SFT output) the score head starts fresh; fp32 master weights, bf16 by autocast
     model = load_scalar_model(
         model_args.model_name_or_path, model_args, trained_head=False, pad_token_id=tokenizer.pad_token_id
@@ -154,7 +158,7 @@ PROMPT_FIELDS = ("prompt", "question", "instruction", "input")
 
 
 def score_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.reward score", description="Score prompt/response rows.")
+    parser = CliParser(prog="python -m pipelines.reward score", description="Score prompt/response rows.")
     parser.add_argument("--model", required=True, help="a reward model folder (the output of pipelines.reward)")
     parser.add_argument("--input", required=True, help="rows with a prompt and a response column (any data source)")
     parser.add_argument("--output", type=Path, help="JSONL output (default: stdout)")
@@ -162,18 +166,24 @@ def score_main(argv: list[str]) -> None:
     parser.add_argument("--max_length", type=int, default=None)
     add_precision_flag(parser)
     args = parser.parse_args(argv)
+    # every mistake a user can make is found before the model loads or anything is written
+    check_ranges(args, prefix="--")
+    if args.output:
+        check_output_file(args.output)
+    check_scoring_model(args.model)
     rows = load_source(args.input)
     rows = rows["train"] if hasattr(rows, "keys") else rows
     prompt_field = next((f for f in PROMPT_FIELDS if f in rows.column_names), None)
     response_field = next((f for f in RESPONSE_FIELDS if f in rows.column_names), None)
     if response_field is None:
         raise UserError(f"{args.input} needs a response column ({', '.join(RESPONSE_FIELDS)}); has {rows.column_names}")
+    check_text_columns(rows, [response_field], args.input, optional=[prompt_field] if prompt_field else [])
     tokenizer = load_tokenizer(args.model)
     precision = announce_precision(resolve_precision(args.precision))
     model = load_scalar_model(args.model, use_bf16=precision.bf16, trained_head=True)
     conversations = [
-        ([{"role": "user", "content": str(row[prompt_field])}] if prompt_field else [])
-        + [{"role": "assistant", "content": str(row[response_field])}]
+        ([{"role": "user", "content": row[prompt_field]}] if prompt_field and row[prompt_field] else [])
+        + [{"role": "assistant", "content": row[response_field]}]
         for row in rows
     ]
     scores = score_conversations(model, tokenizer, conversations, args.batch_size, args.max_length)
@@ -182,7 +192,7 @@ def score_main(argv: list[str]) -> None:
         for row, s in zip(rows, scores, strict=True)
     )
     if args.output:
-        args.output.write_text(lines, encoding="utf-8")
+        write_atomically(args.output, lines)
         print(f"scored {len(scores)} rows -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(lines)

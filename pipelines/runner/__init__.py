@@ -47,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "pipelines.runner.run": (
         "METRICS_FILE",
         "SUMMARY_FILE",
+        "TENSORBOARD_DIR",
         "MetricsLogger",
         "append_metrics",
         "checkpoint_dir",
@@ -57,7 +58,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "write_run_files",
         "write_summary",
     ),
-    "pipelines.runner.scoring": ("load_scalar_model", "render_conversations", "score_conversations"),
+    "pipelines.runner.scoring": (
+        "check_scoring_model",
+        "load_scalar_model",
+        "render_conversations",
+        "score_conversations",
+    ),
 }
 _HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,7 +1,13 @@
-"""The run lifecycle every stage shares: seed, output dir, resume, metrics, summary, saving."""
+"""The run lifecycle every stage shares: seed, output dir, resume, metrics, summary, saving.
+
+A stopped run (Ctrl-C, SIGTERM) keeps its last complete checkpoint and what the output dir held before it,
+with its step logs cut back to that checkpoint's step, and nothing else; `--resume` continues from there
+without logging a step twice, and TensorBoard draws one run (`ResumableTensorBoard`).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -21,8 +27,9 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import TensorBoardCallback
 
-from pipelines.cli import UserError, claim_output_dir, release_output_dir
+from pipelines.cli import UserError, check_output_dir, claim_output_dir, on_interrupt, release_output_dir
 from pipelines.runner.config import RunArguments, save_resolved_config
 from pipelines.runner.distributed import enable_cpu_fsdp
 from pipelines.runner.modeling import export_merged
@@ -34,6 +41,9 @@ MetricsSink = Callable[[Path, dict[str, Any]], None]
 METRICS_SINKS: list[MetricsSink] = []
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "run_config.yaml"
+# JSONL logs with a `step` in every row, cut back to the checkpoint a run resumes from (PPO writes samples.jsonl)
+STEP_LOGS = (METRICS_FILE, "samples.jsonl")
+TENSORBOARD_DIR = "runs"  # every run of an output dir logs its TensorBoard events here
 
 
 def peak_rss_mib() -> float:
@@ -81,12 +91,46 @@ def complete_checkpoint(output_dir: Path, step: int, save_total_limit: int | Non
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _logged_by(line: str, step: int) -> bool:
+    try:
+        return json.loads(line).get("step", 0) <= step
+    except json.JSONDecodeError:  # the line a kill cut short
+        return False
+
+
 def _truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from: those steps run again."""
+    """Drop the lines of a step log written after the checkpoint we resume from: those steps run again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= after_step]
+    kept = [line for line in path.read_text().splitlines() if line and _logged_by(line, after_step)]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _settle_stopped_run(output_dir: Path, before: frozenset[str] | None) -> str:
+    """After Ctrl-C or SIGTERM (main process): keep the last complete checkpoint, what the dir held before the
+    run, and the step logs and TensorBoard events up to that checkpoint's step; remove what else the run wrote."""
+    if not output_dir.is_dir():
+        return f"nothing was written to {output_dir}"
+    last = latest_checkpoint(output_dir)  # a checkpoint torn by the stop is removed here
+    if last is None and before is None:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return f"no checkpoint was complete, removed {output_dir}; run again to start over"
+    keep = set(before or ())
+    if last is not None:
+        step = _checkpoint_step(last)
+        for log in STEP_LOGS:
+            _truncate_metrics(output_dir / log, step)
+        keep |= {*STEP_LOGS, TENSORBOARD_DIR} | {p.name for p in output_dir.glob("checkpoint-*")}
+    for path in output_dir.iterdir():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if last is None:
+        return f"no checkpoint was complete, removed what this run wrote in {output_dir}; run again to start over"
+    return f"kept {last.name} in {output_dir} (step {step}); continue with --resume"
 
 
 def stage_defaults() -> dict[str, Any]:
@@ -113,7 +157,7 @@ def start_run(
     METRICS_SINKS[:] = metrics_sinks
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError("push_to_hub needs the hub, but HF_HUB_OFFLINE=1: unset it and log in (hf auth login)")
-    output_dir = Path(training_args.output_dir)
+    output_dir = check_output_dir(training_args.output_dir)
     last = latest_checkpoint(output_dir) if run_args.resume else None
     existing = sorted(p.name for p in output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
     if existing and not run_args.resume:
@@ -121,10 +165,22 @@ def start_run(
             f"{output_dir} already holds checkpoints ({', '.join(existing)}); pass --resume to continue that run "
             "or choose another --output_dir"
         )
-    if run_args.resume and last is None and PartialState().is_main_process:
-        print(f"--resume: no checkpoint in {output_dir}, starting from scratch")
-    if last and PartialState().is_main_process:
-        _truncate_metrics(output_dir / METRICS_FILE, _checkpoint_step(last))
+    if run_args.resume and last is None:
+        raise UserError(
+            f"--resume: {output_dir} holds no complete checkpoint to continue from; run without --resume to start "
+            "from scratch"
+        )
+    if not run_args.resume and (output_dir / METRICS_FILE).is_file():
+        raise UserError(
+            f"{output_dir} already holds a run ({METRICS_FILE}, no checkpoint to resume): choose another "
+            "--output_dir, or delete it to start over"
+        )
+    if PartialState().is_main_process:
+        if last:
+            for log in STEP_LOGS:
+                _truncate_metrics(output_dir / log, _checkpoint_step(last))
+        before = frozenset(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else None
+        on_interrupt(functools.partial(_settle_stopped_run, output_dir, before))
     claim_output_dir(output_dir)
     return str(last) if last else None
 
@@ -176,8 +232,26 @@ class MetricsLogger(TrainerCallback):
         append_metrics(self.path, record)
 
 
+class ResumableTensorBoard(TensorBoardCallback):
+    """TensorBoard events of every run of an output dir in <output_dir>/runs (the Trainer makes a new runs/<time>
+    folder per run: a resumed run showed as a second one). A resumed run starts at `purge_step`, the step after
+    its checkpoint: TensorBoard drops the stopped run's events from there on, so each step is drawn once."""
+
+    def __init__(self, purge_step: int | None) -> None:
+        super().__init__()
+        self.purge_step = purge_step
+
+    def _init_summary_writer(self, args: TrainingArguments) -> None:
+        log_dir = Path(args.output_dir) / TENSORBOARD_DIR
+        self.tb_writer = self._SummaryWriter(log_dir=str(log_dir), purge_step=self.purge_step)
+        # the Trainer opens a new writer after training (final evaluation): it must not purge this run's steps
+        self.purge_step = None
+
+
 def train(trainer: Trainer, resume_from: str | None) -> dict[str, Any]:
     """Run the trainer and return the train figures the summary reports."""
+    if trainer.pop_callback(TensorBoardCallback) is not None:
+        trainer.add_callback(ResumableTensorBoard(_checkpoint_step(Path(resume_from)) + 1 if resume_from else None))
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = dict(result.metrics)
     # TRL's trainers log `num_tokens`: non-padding tokens of this run, summed over all processes.

@@ -27,6 +27,27 @@ def _is_trained_classifier(config: Any) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in getattr(config, "architectures", None) or [])
 
 
+def _model_config(name_or_path: str, role: str) -> Any:
+    try:
+        return AutoConfig.from_pretrained(resolve_model(name_or_path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {role} {name_or_path!r}: {str(err).splitlines()[0]}") from None
+
+
+def check_scoring_model(name_or_path: str, role: str = "reward model") -> None:
+    """A one-line `UserError` unless `name_or_path` is a saved one-output classifier (its config only is read, so
+    a CLI can check it before any work): a causal LM would load with a random head and score noise."""
+    config = _model_config(name_or_path, role)
+    if not _is_trained_classifier(config):
+        kind = ", ".join(getattr(config, "architectures", None) or ["a model without a classification head"])
+        raise UserError(
+            f"{role} {name_or_path!r} is {kind}, not a trained one-output classifier: give the output of "
+            "`python -m pipelines.reward`"
+        )
+    if config.num_labels != 1:
+        raise UserError(f"{role} {name_or_path!r} has {config.num_labels} outputs; it needs exactly one")
+
+
 def load_scalar_model(
     name_or_path: str,
     model_args: ModelConfig | None = None,
@@ -42,21 +63,10 @@ def load_scalar_model(
     load with a randomly initialised head and score noise. `trained_head=False` (training a reward or
     value model) also takes a causal LM, whose score head then starts fresh.
     """
-    path = resolve_model(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {role} {name_or_path!r}: {str(err).splitlines()[0]}") from None
     if trained_head:
-        if not _is_trained_classifier(config):
-            kind = ", ".join(getattr(config, "architectures", None) or ["a model without a classification head"])
-            raise UserError(
-                f"{role} {name_or_path!r} is {kind}, not a trained one-output classifier: give the output of "
-                "`python -m pipelines.reward`"
-            )
-        if config.num_labels != 1:
-            raise UserError(f"{role} {name_or_path!r} has {config.num_labels} outputs; it needs exactly one")
+        check_scoring_model(name_or_path, role)
     else:
+        _model_config(name_or_path, role)
         extra = {"num_labels": 1, **extra}
     model = load_model(name_or_path, model_args or ModelConfig(), use_bf16, AutoModelForSequenceClassification, **extra)
     if model.config.num_labels != 1:

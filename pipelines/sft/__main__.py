@@ -74,7 +74,7 @@ class GenerationEvalArguments:
 
 
 def build_datasets(data_args: DataArguments, tokenizer: Any, training_args: SFTConfig) -> tuple[Any, Any]:
-    train_rows, eval_rows = load_splits(data_args, training_args.seed)
+    train_rows, eval_rows = load_splits(data_args, training_args.seed, "sft")
     datasets = []
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         # Each split's own columns: an Argilla export (prompt/completion) may be held out
@@ -131,12 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not model_args.model_name_or_path:
         raise UserError("no model: set model_name_or_path (a folder under models/, a path, or a hub id)")
-    if gen_args.max_new_tokens <= 0:
-        raise UserError(f"max_new_tokens must be > 0, got {gen_args.max_new_tokens}")
-    precision = training_precision(precision_args.precision, training_args)
+    # every mistake a user can make is found before the model loads or anything is written
     resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
+    precision = training_precision(precision_args.precision, training_args)
     model = load_model(model_args.model_name_or_path, model_args)  # fp32 master weights, bf16 by autocast
     if training_args.packing or training_args.padding_free:
         attend_per_sequence(model)  # each packed example attends over itself, not over the whole flattened batch

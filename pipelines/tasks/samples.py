@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import CliParser, UserError, claim_output_dir, cli_entry, release_output_dir
+from pipelines.cli import CliParser, UserError, check_output_dir, claim_output_dir, cli_entry, release_output_dir
+from pipelines.data import sources
 
 TIERS = ("easy", "medium", "hard")
 SPLITS = ("train", "test")
@@ -28,19 +29,17 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path, required: Sequence[str], remedy: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a missing file, a bad line or a missing key is a `UserError` saying `remedy`."""
+    """Rows of a JSONL file (the project's reader); a missing file, a bad line or a missing key is a `UserError`
+    saying `remedy`."""
     if not path.is_file():
         raise UserError(f"{path} not found; {remedy}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not JSON ({err.msg}); {remedy}") from err
-            if not isinstance(row, dict) or not set(required) <= row.keys():
-                raise UserError(f"{path}:{number}: needs {', '.join(required)}; {remedy}")
-            rows.append(row)
+    try:
+        rows = sources.read_jsonl(path)
+    except UserError as err:
+        raise UserError(f"{err}; {remedy}") from None
+    for number, row in enumerate(rows, start=1):
+        if not set(required) <= row.keys():
+            raise UserError(f"{path}: row {number} needs {', '.join(required)}; {remedy}")
     return rows
 
 
@@ -153,9 +152,7 @@ def sample_data_cli(task: SampleData) -> Callable[[Sequence[str] | None], int]:
     def main(argv: Sequence[str] | None = None) -> int:
         args = _parser(task).parse_args(argv)
         if args.command == "generate":
-            if args.out.exists() and not args.out.is_dir():
-                raise UserError(f"--out {args.out} is a file; give a folder")
-            claim_output_dir(args.out)  # a folder made by this run is removed again if it fails
+            claim_output_dir(check_output_dir(args.out, "--out"))  # a folder made by this run is removed on failure
             args.out.mkdir(parents=True, exist_ok=True)
             counts = task.write_dataset(args.out, args.seed, args.n_train, args.n_test)
             release_output_dir()

@@ -36,7 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from pipelines.cli import CliParser, UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_file, cli_entry
 from pipelines.tasks.textsql.schema import SCHEMA_SQL, shop_rows
 
 Doc = dict[str, str]
@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.suffix != ".jsonl":
         raise UserError(f"--out {args.out} must be a .jsonl file")
+    check_output_file(args.out, "--out")
     if args.max_chars < 200:
         raise UserError(f"--max-chars must be at least 200, got {args.max_chars}")
     if args.max_docs is not None and args.max_docs < 1:
