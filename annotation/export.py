@@ -59,7 +59,7 @@ from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 from pipelines.data.formats import _user_prompt
 from pipelines.data.preferences import PAIR_RULES, ranking_to_pairs
 from pipelines.data.sources import read_jsonl
-from pipelines.runner.config import add_config_flags, config_layers, merge_config, parse_flags
+from pipelines.runner import add_config_flags, config_layers, merge_config, parse_flags
 
 EXPORT_RULES = ("corrected_or_original", "corrected_only", "original")
 SFT_FORMATS = ("prompt-completion", "messages")

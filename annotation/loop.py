@@ -69,8 +69,7 @@ from pipelines.data.formats import to_prompts
 from pipelines.data.preferences import PAIR_RULES
 from pipelines.data.sources import load_source
 from pipelines.models import resolve_model
-from pipelines.runner import PRECISIONS
-from pipelines.runner.config import add_config_flags, config_layers, merge_config, parse_flags, read_yaml
+from pipelines.runner import PRECISIONS, add_config_flags, config_layers, merge_config, parse_flags, read_yaml
 
 if TYPE_CHECKING:
     import argilla as rg

@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from annotation.client import pull_dataset
+from annotation.client import pull_dataset, split_address
 from annotation.export import DEFAULT_OUTPUT_ROOT, add_export_flags, build_export, export_config, report, write_pulled
 from pipelines.cli import CliParser, check_output_file, cli_entry
-from pipelines.runner.config import parse_flags
+from pipelines.runner import parse_flags
 
 
 @cli_entry
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     add_export_flags(parser)
     args = parse_flags(parser, argv)
     config = export_config(args)
+    split_address(args.dataset)  # a malformed name is the first thing to hear about
     output = Path(args.output) if args.output else DEFAULT_OUTPUT_ROOT / args.dataset / "pulled.jsonl"
     check_output_file(output, make_folder=True)
     kind, records = pull_dataset(args.dataset)

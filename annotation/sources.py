@@ -22,7 +22,7 @@ from annotation.client import connect, dataset_kind, fetch_records, find_dataset
 from annotation.export import ExportConfig, build_export
 from pipelines.cli import UserError
 from pipelines.data.sources import register_scheme
-from pipelines.runner.config import merge_config
+from pipelines.runner import merge_config
 
 # purpose (pipelines.data.sources.PURPOSES) -> (the stage, what it reads, the kinds of dataset that give it)
 USES = {

@@ -90,9 +90,10 @@ def check_output_file(path: str | Path, flag: str = "--output", make_folder: boo
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file path")
     folder = path.parent
-    if make_folder:
+    if make_folder:  # the writer makes the folder; its nearest existing ancestor must take it
         check_output_dir(folder, flag)
-    elif not folder.is_dir():
+        return path
+    if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise UserError(f"{flag} {path}: its folder {folder} {what}; create the folder or choose another {flag}")
     _check_writable(folder, flag)

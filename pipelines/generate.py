@@ -21,8 +21,7 @@ from datasets import DatasetDict
 from pipelines.cli import CliParser, UserError, check_output_file, cli_entry, write_atomically
 from pipelines.data.formats import check_text_columns
 from pipelines.data.sources import load_source
-from pipelines.runner import add_precision_flag
-from pipelines.runner.config import check_ranges
+from pipelines.runner import add_precision_flag, check_ranges
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "text")
 

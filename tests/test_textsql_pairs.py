@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import UserError
+from pipelines.tasks.samples import PAIR_FILES
 from pipelines.tasks.textsql import KINDS, execute, execution_match
 from pipelines.tasks.textsql.__main__ import main
 from pipelines.tasks.textsql.evaluate import ERROR_CATEGORIES, evaluate_predictions, failure_category
-from pipelines.tasks.textsql.pairs import PAIR_FILES, make_pairs, pair_splits, question_pairs
+from pipelines.tasks.textsql.pairs import make_pairs, pair_splits, question_pairs
 from pipelines.tasks.textsql.questions import load_split
 from pipelines.tasks.textsql.reward import (
     CORRECT_REWARD,
@@ -138,7 +139,8 @@ def test_data_folder_can_be_overridden(tmp_path: Path, monkeypatch: pytest.Monke
     shutil.copy(DB, tmp_path / "shop.sqlite")
     own = {"id": "tsql-00000", "question": "How many customers are there?", "difficulty": "easy"}
     (tmp_path / "train.jsonl").write_text(json.dumps({**own, "answer": "SELECT COUNT(*) FROM customers;"}) + "\n")
-    (tmp_path / "test.jsonl").write_text("")
+    other = {"id": "tsql-00001", "question": "How many products are there?", "difficulty": "easy"}
+    (tmp_path / "test.jsonl").write_text(json.dumps({**other, "answer": "SELECT COUNT(*) FROM products;"}) + "\n")
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
     assert execution_reward([own["question"]], ["SELECT COUNT(id) FROM customers"]) == [1.0]
     monkeypatch.delenv(DATA_ENV)

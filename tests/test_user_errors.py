@@ -208,6 +208,17 @@ def test_an_output_file_in_a_missing_folder_is_refused(run, cli_args, tmp_path: 
     assert_user_error(run(main_of(cli), cli_args(cli, out)), says, [out.parent])
 
 
+def test_an_output_file_whose_folder_the_writer_makes_is_accepted_where_it_can_be_made(tmp_path: Path) -> None:
+    from pipelines.cli import UserError, check_output_file
+
+    out = tmp_path / "a" / "b" / "pulled.jsonl"
+    assert check_output_file(out, make_folder=True) == out
+    assert not (tmp_path / "a").exists()  # checked, not made: nothing written before the work
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        check_output_file(tmp_path / "file" / "b" / "pulled.jsonl", make_folder=True)
+
+
 # ---------------------------------------------------------------------------- model kinds
 
 

@@ -57,19 +57,24 @@ from argilla_server.search_engine.base import (
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
-from annotation.server.dialects import FIELD_POSITION, RECORD_COUNTS, RESPONSE_COUNTS, Dialect, Term, for_name
+from annotation.server.dialects import FIELD_POSITION, RECORD_COUNTS, RESPONSE_COUNTS, Dialect, Term
+from annotation.server.dialects.postgresql import PostgreSQL
+from annotation.server.dialects.sqlite import SQLite
 
 ENGINE_NAME = "annotation-sql"
 MAX_TERMS = 2**14  # as many terms as Elasticsearch's terms aggregation returns
-_DIALECTS: dict[str, Dialect] = {}
+_DIALECTS: dict[str, type[Dialect]] = {"sqlite": SQLite, "postgresql": PostgreSQL}
+_IN_USE: dict[str, Dialect] = {}
 
 
 def dialect_of(db: Any) -> Dialect:
     """The dialect of a session or connection's database."""
     name = db.bind.dialect.name if hasattr(db, "bind") and db.bind is not None else db.dialect.name
-    if name not in _DIALECTS:
-        _DIALECTS[name] = for_name(name)
-    return _DIALECTS[name]
+    if name not in _IN_USE:
+        if name not in _DIALECTS:
+            raise ValueError(f"the project's search engine runs on SQLite or PostgreSQL, not {name}")
+        _IN_USE[name] = _DIALECTS[name]()
+    return _IN_USE[name]
 
 
 def ensure_schema(connection: Any) -> int:

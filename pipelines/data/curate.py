@@ -37,7 +37,7 @@ from datasets import Dataset, DatasetDict
 from pipelines.cli import CliParser, UserError, check_output_dir, claim_output_dir, cli_entry, mask_passwords
 from pipelines.data import card, dedup, fields, filters, select, stats
 from pipelines.data.sources import load_source
-from pipelines.runner.config import (
+from pipelines.runner import (
     add_config_flags,
     config_fields,
     flag_values,

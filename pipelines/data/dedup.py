@@ -66,7 +66,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def use_bf16(precision: str) -> bool:
     """`auto`: bf16 where the CPU computes it natively (or on a GPU), else fp32."""
-    from pipelines.runner.precision import resolve_precision
+    from pipelines.runner import resolve_precision
 
     return resolve_precision(precision).bf16
 

@@ -36,8 +36,7 @@ from pipelines.eval.report import COMPARISON_FILE, write_report
 from pipelines.eval.verifiers import CHOICES as VERIFIERS
 from pipelines.eval.verifiers import pick_verifier
 from pipelines.models import PROJECT_ROOT, resolve_model
-from pipelines.runner import add_precision_flag
-from pipelines.runner.config import check_ranges
+from pipelines.runner import add_precision_flag, check_ranges
 
 DEFAULT_DATA = PROJECT_ROOT / "data" / "textsql" / "test.jsonl"
 DEFAULT_DB = PROJECT_ROOT / "data" / "textsql" / "shop.sqlite"

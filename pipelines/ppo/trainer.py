@@ -124,10 +124,11 @@ class PolicyAndValue(torch.nn.Module):
     def shared_backbone(self) -> bool:
         return isinstance(self.value, ValueHead)
 
-    # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
+    # TRL's unwrap_model_for_generation reads this name to switch checkpointing off while generating;
+    # transformers 5 calls it is_activation_checkpointing (the old name warns).
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+        return bool(getattr(self.policy, "is_activation_checkpointing", False))
 
     def gradient_checkpointing_disable(self) -> None:
         self.policy.gradient_checkpointing_disable()

@@ -40,6 +40,7 @@ from pipelines.runner import (
     UserError,
     add_precision_flag,
     announce_precision,
+    check_ranges,
     check_scoring_model,
     cli_entry,
     load_scalar_model,
@@ -54,7 +55,6 @@ from pipelines.runner import (
     training_precision,
     write_summary,
 )
-from pipelines.runner.config import check_ranges
 
 
 @dataclasses.dataclass

@@ -1,9 +1,9 @@
 """The one runner every stage shares: config, seeding, model loading, decoding, one-output models,
 logging, checkpoints, outputs. Stages import these names from here, never from the modules below.
 
-Names are imported on first use (PEP 562 `__getattr__`): `from pipelines.runner.config import ...`
-or `from pipelines.runner import parse_config` costs no torch/transformers import, so light CLIs
-(`python -m annotation ...`) share the config loader and still start in a fraction of a second.
+Names are imported on first use (PEP 562 `__getattr__`): `from pipelines.runner import parse_flags`
+costs no torch/transformers import, so light CLIs (`python -m annotation ...`) share the config loader and
+still start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,7 +14,18 @@ from typing import Any
 # module -> the public names it defines
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "pipelines.cli": ("UserError", "cli_entry"),
-    "pipelines.runner.config": ("RunArguments", "parse_config"),
+    "pipelines.runner.config": (
+        "RunArguments",
+        "add_config_flags",
+        "check_ranges",
+        "config_fields",
+        "config_layers",
+        "flag_values",
+        "merge_config",
+        "parse_config",
+        "parse_flags",
+        "read_yaml",
+    ),
     "pipelines.runner.decoding": (
         "Generation",
         "GenerationStats",

@@ -69,13 +69,27 @@ class CheckReport:
         )
 
 
-def kind_table(pairs: Mapping[str, Sequence[Mapping[str, Any]]], kinds: Sequence[str]) -> list[str]:
-    """Markdown rows: pairs per kind and in all, one row per split."""
+def pairs_section(
+    task: str,
+    intro: Sequence[str],
+    notes: Sequence[str],
+    pairs: Mapping[str, Sequence[Mapping[str, Any]]],
+    kinds: Sequence[str],
+    seed: int,
+    per_question: int,
+    per_question_test: int,
+) -> list[str]:
+    """A data card's "Preference pairs" section: `intro`, the command that writes the pairs, `notes`, and a
+    table of pairs per kind and in all, one row per split."""
     table = ["| split | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
-    for split, rows in pairs.items():
-        counts = Counter(row["kind"] for row in rows)
-        table.append(f"| {split} | " + " | ".join(str(counts[k]) for k in kinds) + f" | {len(rows)} |")
-    return table
+    for split in PAIR_FILES:
+        counts = Counter(row["kind"] for row in pairs[split])
+        table.append(f"| {split} | " + " | ".join(str(counts[k]) for k in kinds) + f" | {len(pairs[split])} |")
+    command = (
+        f".venv/bin/python -m pipelines.tasks.{task} pairs --data data/{task} --seed {seed} "
+        f"--per-question {per_question} --per-question-test {per_question_test}"
+    )
+    return [README_HEADING, "", *intro, "", "```bash", command, "```", "", *notes, "", *table, ""]
 
 
 def write_pairs(data_dir: str | Path, pairs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:

@@ -152,14 +152,3 @@ class Dialect:
         """`statements` for these datasets."""
         listed = ", ".join(self.literal(dataset) for dataset in datasets)
         return [statement.format(datasets=listed) for statement in statements]
-
-
-def for_name(name: str) -> Dialect:
-    """The dialect of a SQLAlchemy dialect name (`sqlite`, `postgresql`)."""
-    from annotation.server.dialects.postgresql import PostgreSQL
-    from annotation.server.dialects.sqlite import SQLite
-
-    dialects: dict[str, type[Dialect]] = {"sqlite": SQLite, "postgresql": PostgreSQL}
-    if name not in dialects:
-        raise ValueError(f"the project's search engine runs on SQLite or PostgreSQL, not {name}")
-    return dialects[name]()

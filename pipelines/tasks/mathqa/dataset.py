@@ -14,16 +14,14 @@ from pipelines.tasks.mathqa.pairs import CHANCE_ACCURACY, Pair, check_pairs, pai
 from pipelines.tasks.mathqa.problems import KINDS, TEMPLATES, Problem, verify_answer
 from pipelines.tasks.mathqa.questions import Row, generate_rows, load_split, rebuild
 from pipelines.tasks.samples import (
-    PAIR_FILES,
-    README_HEADING,
     SPLITS,
     TIERS,
     CheckReport,
-    kind_table,
     update_readme,
     write_jsonl,
     write_pairs,
 )
+from pipelines.tasks.samples import pairs_section as samples_pairs_section
 
 KIND_RULES = {
     "off_by_one": "one too many or too few: the fence-post error in counting templates, else a slip of +1 "
@@ -201,17 +199,8 @@ def pairs_section(
     pairs: Mapping[str, Sequence[Pair]], seed: int = 0, per_question: int = 1, per_question_test: int = 1
 ) -> list[str]:
     """The data card's "Preference pairs" section, with the command and the counts per kind."""
-    table = kind_table({split: pairs[split] for split in PAIR_FILES}, KINDS)
-    return [
-        README_HEADING,
-        "",
-        "Written from `train.jsonl` and `test.jsonl` (by `generate` with one pair per question, or by):",
-        "",
-        "```bash",
-        f".venv/bin/python -m pipelines.tasks.mathqa pairs --data data/mathqa --seed {seed} "
-        f"--per-question {per_question} --per-question-test {per_question_test}",
-        "```",
-        "",
+    intro = ["Written from `train.jsonl` and `test.jsonl` (by `generate` with one pair per question, or by):"]
+    notes = [
         '- One row per pair: `{"id": "math-train-00042-p0", "prompt": <question>, "chosen": <worked solution>,',
         '  "rejected": <worked solution with one mistake>, "kind": ..., "difficulty": ...}`.',
         "- rejected's final answer differs from the gold one; the answer reward scores chosen 1, rejected 0.",
@@ -221,10 +210,8 @@ def pairs_section(
         "  (off_by_one exists for every question, so it is the most frequent). Both sides share the words of",
         "  one solver; a forgotten step makes rejected one line shorter, the one length cue. Chance level is",
         f"  {CHANCE_ACCURACY} pairwise accuracy.",
-        "",
-        *table,
-        "",
     ]
+    return samples_pairs_section("mathqa", intro, notes, pairs, KINDS, seed, per_question, per_question_test)
 
 
 def row_failure(row: Row) -> str | None:

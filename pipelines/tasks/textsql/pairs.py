@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipelines.cli import UserError
-from pipelines.tasks.samples import PAIR_FILES, README_HEADING, kind_table
+from pipelines.tasks.samples import pairs_section
 from pipelines.tasks.textsql.execute import execute, has_order_by, results_match
 from pipelines.tasks.textsql.perturb import KINDS, candidates
 
@@ -117,18 +117,11 @@ def readme_section(
     pairs: Mapping[str, Sequence[Pair]], seed: int = 0, per_question: int = 1, per_question_test: int = 1
 ) -> list[str]:
     """The data card's "Preference pairs" section (lines), with the command and the counts per kind."""
-    table = kind_table({split: pairs[split] for split in PAIR_FILES}, KINDS)
-    return [
-        README_HEADING,
-        "",
+    intro = [
         "`pairs_train.jsonl` and `pairs_test.jsonl` are verifiable preference pairs for the reward stage,",
         "written from `train.jsonl` and `test.jsonl` by:",
-        "",
-        "```bash",
-        f".venv/bin/python -m pipelines.tasks.textsql pairs --data data/textsql --seed {seed} "
-        f"--per-question {per_question} --per-question-test {per_question_test}",
-        "```",
-        "",
+    ]
+    notes = [
         '- One row per pair: `{"id": "tsql-00042-p0", "prompt": <question>, "chosen": <gold SQL>,',
         '  "rejected": <wrong SQL>, "kind": ..., "difficulty": ...}`.',
         "- chosen is the gold SQL; rejected is a rewrite of it (`pipelines/tasks/textsql/perturb.py`) that runs",
@@ -138,7 +131,5 @@ def readme_section(
         "- A question's kind is drawn uniformly among the kinds that have a verified rewrite for it;",
         "  `wrong_order` exists only for questions whose gold SQL has ORDER BY, so it is rare.",
         f"- Both sides share the canonical style, so the chance level is {CHANCE_ACCURACY} pairwise accuracy.",
-        "",
-        *table,
-        "",
     ]
+    return pairs_section("textsql", intro, notes, pairs, KINDS, seed, per_question, per_question_test)
