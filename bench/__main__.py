@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "precision_generation": ("bench.precision", "generation"),
     "rollout": ("bench.rollout",),
     "ppo_vs_trl": ("bench.ppo_vs_trl",),
+    "ppo_headroom": ("bench.ppo_headroom",),
+    "ppo_quality": ("bench.ppo_quality",),
     "curation": ("bench.curation",),
     "annotation_ingest": ("bench.annotation_ingest",),
 }

@@ -19,7 +19,7 @@ import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from trl import TrlParser
-from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl.experimental.ppo import PPOConfig, PPOTrainer, ppo_trainer
 
 
 @dataclasses.dataclass
@@ -37,6 +37,23 @@ class UpdateClock(TrainerCallback):
 
     def on_log(self, args, state, control, **kwargs) -> None:
         self.times.append(time.perf_counter())
+
+
+class ResponseTokens:
+    """Counts the response tokens trl's rollouts sample (up to and including eos: generate pads after it), so
+    the bench can show both sides did the same work per episode."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id, self.tokens, self.responses = pad_token_id, 0, 0
+        self.generate = ppo_trainer.batch_generation
+        ppo_trainer.batch_generation = self
+
+    def __call__(self, model, queries, *args, **kwargs):
+        query_responses, logits = self.generate(model, queries, *args, **kwargs)
+        responses = query_responses[:, queries.shape[1] :]
+        self.tokens += int((responses != self.pad_token_id).sum())
+        self.responses += responses.shape[0]
+        return query_responses, logits
 
 
 def main() -> None:
@@ -64,6 +81,7 @@ def main() -> None:
         train_dataset=prompts,
         eval_dataset=prompts.select(range(config.per_device_eval_batch_size)),
     )
+    counted = ResponseTokens(tokenizer.pad_token_id)
     clock = UpdateClock()
     trainer.add_callback(clock)
     start = time.perf_counter()
@@ -78,6 +96,7 @@ def main() -> None:
         "train_seconds": seconds,
         "episodes": trainer.state.episode,
         "update_seconds": update_seconds,
+        "response_tokens_per_episode": counted.tokens / max(1, counted.responses),
         "log_history": trainer.state.log_history,
     }
     (out / "result.json").write_text(json.dumps(result))

@@ -24,16 +24,29 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, TINY, Recorder, Verdict, model_path, read_jsonl, run_child
+from bench.common import (
+    PYTHON,
+    ROOT,
+    TINY,
+    Recorder,
+    Verdict,
+    add_common_flags,
+    apply_threads,
+    model_path,
+    read_jsonl,
+    run_child,
+)
 
 NAME = "ppo_quality"
 GAIN_TARGET = 0.03
 WIN_TARGET = 0.60
 HELD_OUT = ROOT / "data" / "textsql" / "test.jsonl"
+BASE = "smollm2-135m-instruct"  # what the demo's SFT starts from
 
 
 def default_models() -> tuple[str, str]:
@@ -63,9 +76,12 @@ def train(policy: str, reward_model: str, seed: int, out: Path, extra: list[str]
     }
 
 
-def compare(policy: str, reward_model: str, runs: dict[str, Path], out: Path, samples: int) -> dict[str, Any]:
-    names = ["sft", *runs]
-    cmd = [PYTHON, "-m", "pipelines.eval", "compare", "--models", policy, *map(str, runs.values())]
+def compare(
+    base: str | None, policy: str, reward_model: str, runs: dict[str, Path], out: Path, samples: int
+) -> dict[str, Any]:
+    names = [*(["base"] if base else []), "sft", *runs]
+    models = [*([base] if base else []), policy, *map(str, runs.values())]
+    cmd = [PYTHON, "-m", "pipelines.eval", "compare", "--models", *models]
     cmd += ["--names", *names, "--reward_model", reward_model, "--data", str(HELD_OUT)]
     cmd += ["--samples", str(samples), "--output_dir", str(out)]
     run_child(cmd, out.parent / "compare.log", "held-out comparison")
@@ -91,12 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ppo_quality", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
     parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+    parser.add_argument("--base", default=BASE, help="the model SFT started from, reported beside (none: skip)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=200, help="held-out questions (all 200 by default)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ppo-quality")
-    parser.add_argument("--quick", action="store_true", help="tiny-llama smoke test, a few updates")
+    add_common_flags(parser)
     parser.add_argument("ppo_flags", nargs="*", help="extra pipelines.ppo flags, after `--`")
     args = parser.parse_args(argv)
+    apply_threads(args.threads)
     if args.quick:
         from bench.ppo_vs_trl import tiny_reward_model
 
@@ -106,13 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         policy, reward_model = default_models()
     recorder = Recorder(NAME, args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        args.out = args.out.with_name(args.out.name + "-quick")
+    shutil.rmtree(args.out, ignore_errors=True)  # the bench's own folder: each run starts from nothing
+    args.out.mkdir(parents=True)
     runs = {f"ppo-seed{seed}": args.out / f"ppo-seed{seed}" for seed in args.seeds}
     training = {
         name: train(policy, reward_model, seed, out, args.ppo_flags, args.quick)
         for (name, out), seed in zip(runs.items(), args.seeds, strict=True)
     }
-    comparison = compare(policy, reward_model, runs, args.out / "comparison", 8 if args.quick else args.samples)
+    base = None if args.quick or args.base == "none" else model_path(args.base)
+    samples = 8 if args.quick else args.samples
+    comparison = compare(base, policy, reward_model, runs, args.out / "comparison", samples)
     metrics = comparison["metrics"]
     sft = metrics["sft"]
     seeds = {
@@ -159,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             "policy": policy,
             "reward_model": reward_model,
             "ppo_flags": args.ppo_flags,
+            "base": metrics.get("base"),
             "sft": sft,
             "seeds": seeds,
             "checks": checks,

@@ -258,3 +258,23 @@ def test_ppo_rejects_an_empty_prompt_set_and_a_multi_output_reward_model(run_cli
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "2 outputs" in result.stderr
+
+
+def test_held_out_answers_are_judged_along_training_and_drawn_against_the_reward(run_cli, sft_policy, tmp_path):
+    """eval_every: greedy held-out answers every N updates, scored by the reward and by the verifier (SQL executed),
+    logged as rows of their own; ppo_curves.png gains the reward-vs-verifier panel (over-optimisation)."""
+    from PIL import Image
+
+    out = tmp_path / "curve"
+    flags = ["--reward_function", "tests.reward_fns:short_answers", "--max_steps", 4, "--eval_every", 2]
+    result = run_cli("pipelines.ppo", *ppo_args(sft_policy, out, *flags, "--eval_prompts", 8, "--save_strategy", "no"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    held_out = [row for row in rows if "eval/score_mean" in row]
+    assert [row["step"] for row in held_out] == [0, 2, 4]  # before, every 2 updates, after (not twice at 4)
+    assert all("eval/verifier_accuracy" in row for row in held_out)  # text-to-SQL held-out data: the SQL verifier
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k.removeprefix("eval/"): v for k, v in held_out[-1].items() if k != "step"} == summary["eval_after"]
+    assert {k.removeprefix("eval/"): v for k, v in held_out[0].items() if k != "step"} == summary["eval_before"]
+    width, _ = Image.open(out / "ppo_curves.png").size
+    assert width == 5 * 4 * 110  # four training curves + the held-out reward-vs-verifier panel, 4 in at 110 dpi
