@@ -6,6 +6,7 @@ Each command lives in its own module exposing `main(argv) -> int`; this file onl
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(COMMANDS)}"
+        print(f"error: unknown command {command!r}; {hint} (see `python -m annotation --help`)", file=sys.stderr)
         return 2
     return importlib.import_module(COMMANDS[command][0]).main(rest)

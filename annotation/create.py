@@ -37,16 +37,23 @@ def _workspace(client: rg.Argilla, name: str) -> rg.Workspace:
         raise UserError(f"workspace {name!r} does not exist and this API key may not create it (owner only)") from None
 
 
+def check_shape(kind: str, candidates: int = 2, min_submitted: int = 1) -> None:
+    """A one-line `UserError` for an overlap or a comparison size no dataset can have (before any server)."""
+    if min_submitted < 1:
+        raise UserError(f"--min_submitted must be at least 1, not {min_submitted}")
+    if kind == "comparison" and not 2 <= candidates <= schemas.MAX_CANDIDATES:
+        raise UserError(
+            f"a comparison shows 2 to {schemas.MAX_CANDIDATES} responses, not {candidates}: set --candidates"
+        )
+
+
 def create_dataset(
     client: rg.Argilla, address: str, kind: str, candidates: int = 2, min_submitted: int = 1
 ) -> rg.Dataset:
     """A new dataset of `kind` at `workspace/dataset` (workspace created if missing)."""
     import argilla as rg
 
-    if min_submitted < 1:
-        raise UserError(f"--min_submitted must be at least 1, not {min_submitted}")
-    if kind == "comparison" and not 2 <= candidates <= schemas.MAX_CANDIDATES:
-        raise UserError(f"a comparison shows 2 to {schemas.MAX_CANDIDATES} responses, not {candidates}")
+    check_shape(kind, candidates, min_submitted)
     workspace_name, name = split_address(address)
     workspace = _workspace(client, workspace_name)
     settings = schemas.settings_for(kind, candidates, min_submitted)
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_submitted", type=int, default=1, help="annotators who must submit each record")
     args = parser.parse_args(argv)
     split_address(args.dataset)
+    check_shape(args.kind, args.candidates, args.min_submitted)
     client = connect()
     if dataset_exists(client, args.dataset):
         dataset = find_dataset(client, args.dataset)

@@ -108,6 +108,10 @@ class ExportConfig:
         },
     )
 
+    def __post_init__(self) -> None:
+        if self.min_submitted < 0:
+            raise UserError(f"min_submitted must be >= 0 (0: unreviewed records count), got {self.min_submitted}")
+
     def unify_config(self) -> UnifyConfig:
         return UnifyConfig(rating=self.rating, ranking=self.ranking, tie_rule=self.tie_rule)
 

@@ -459,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= BATCH_SIZE:
         raise UserError(f"--batch_size must be between 1 and {BATCH_SIZE}")
+    if args.min_submitted < 1:
+        raise UserError(f"--min_submitted must be at least 1, not {args.min_submitted}")
     split_address(args.dataset)
     # With --kind the data is checked before any server is needed; without, the dataset says its kind.
     agent = schemas.agent_name(args.agent) if args.agent else schemas.import_agent(args.data)

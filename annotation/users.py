@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation.client import connect
-from pipelines.cli import UserError, cli_entry
+from pipelines.cli import CliParser, UserError, cli_entry
 
 ROLES = ("annotator", "admin", "owner")
 
@@ -101,7 +101,7 @@ def list_users(workspace_name: str) -> list[dict[str, str]]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m annotation users",
         description="Create annotators and add them to a workspace, or list a workspace's users.",
         epilog=__doc__,

@@ -104,9 +104,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import ModelConfig
 
-    from pipelines.runner import announce_precision, generate_texts, load_model, load_tokenizer, resolve_precision
+    from pipelines.runner import (
+        announce_precision,
+        check_weights,
+        generate_texts,
+        load_model,
+        load_tokenizer,
+        resolve_precision,
+    )
 
     tokenizer = load_tokenizer(args.model)
+    check_weights(args.model)
     precision = announce_precision(resolve_precision(args.precision))
     model = load_model(args.model, ModelConfig(), precision.bf16)
     if prompts is not None:

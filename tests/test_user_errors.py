@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from annotation.cli import main as annotation_main
 from annotation.export import main as export_main
 from pipelines.data.curate import main as data_main
 from pipelines.eval.__main__ import main as eval_main
@@ -38,6 +41,7 @@ MAINS: dict[str, Callable[[list[str]], Any]] = {
     "eval": eval_main,
     "data": data_main,
     "export": export_main,
+    "annotation": lambda argv: sys.exit(annotation_main(argv)),  # as `python -m annotation` does
 }
 
 
@@ -339,6 +343,59 @@ def test_a_model_path_typo_names_the_local_models(run, cli_args, tmp_path: Path,
     out, wrong = tmp_path / "out", tmp_path / "tiny-lama"
     argv = [str(wrong) if str(a).endswith(("tiny-llama", "classifier0")) else a for a in cli_args(cli, out)]
     assert_user_error(run(main_of(cli), argv), (str(wrong),), [out])
+
+
+def test_a_null_for_a_key_that_needs_a_value_is_refused(run, cli_args, tmp_path: Path) -> None:
+    config, out = tmp_path / "c.yaml", tmp_path / "out"
+    config.write_text((CONFIGS / "sft/tiny.yaml").read_text(encoding="utf-8") + "learning_rate: null\n")
+    argv = [config if a == CONFIGS / "sft/tiny.yaml" else a for a in cli_args("sft", out)]
+    assert_user_error(run("sft", argv), ("learning_rate cannot be null", str(config)), [out])
+
+
+def test_a_db_that_does_not_exist_is_refused(run, cli_args, tmp_path: Path) -> None:
+    db, out = tmp_path / "missing.sqlite", tmp_path / "out"
+    assert_user_error(run("eval", [*cli_args("eval", out), "--db", db]), (f"--db {db} is not a file",), [out])
+
+
+@pytest.mark.parametrize(
+    ("bounds", "says"),
+    [(["--min_tokens", "-1"], "min_tokens must be >= 0"), (["--min_tokens", "100", "--max_tokens", "10"], "above")],
+    ids=["negative", "min-above-max"],
+)
+def test_token_bounds_of_the_filter_step_are_checked(run, cli_args, tmp_path: Path, bounds, says) -> None:
+    out = tmp_path / "out"
+    argv = ["filter", *cli_args("data", out)[1:], *bounds]
+    assert_user_error(run("data", argv), (says,), [out])
+
+
+def test_a_model_folder_without_weights_says_so(run, cli_args, tiny_model: Path, tmp_path: Path) -> None:
+    bare, out = tmp_path / "bare", tmp_path / "out"
+    shutil.copytree(tiny_model, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
+    for cli in ("generate", "sft"):
+        argv = [bare if a == tiny_model else a for a in cli_args(cli, out)]
+        assert_user_error(run(cli, argv), (str(bare), "no weights"), [out])
+
+
+ANNOTATION_MISTAKES = [
+    (["export", "w/d", "--input", "{T}/p.jsonl", "--min_submitted", "-1"], "min_submitted must be >= 0"),
+    (["push", "w/d", "--data", "{T}/qa.jsonl", "--kind", "text", "--min_submitted", "0"], "--min_submitted must"),
+    (["create", "w/d", "--kind", "comparison", "--candidates", "1"], "set --candidates"),
+    (["puhs"], "did you mean 'push'?"),
+    (["users", "add"], "required: workspace, usernames"),
+    (["users", "add", "demo", "alice", "--role", "king"], "invalid choice: 'king'"),
+    (["server", "restart"], "invalid choice: 'restart'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), ANNOTATION_MISTAKES, ids=[" ".join(a[:2]) for a, _ in ANNOTATION_MISTAKES])
+def test_annotation_mistakes_are_one_line_before_any_server(
+    run, cli_args, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], says: str
+) -> None:
+    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # nothing listens: found before connecting, or fail
+    monkeypatch.setenv("ARGILLA_API_KEY", "unused")
+    cli_args("data", tmp_path / "out")  # writes qa.jsonl
+    argv = [a.replace("{T}", str(tmp_path)) for a in argv]
+    assert_user_error(run("annotation", argv), (says,), [tmp_path / "out"])
 
 
 # ---------------------------------------------------------------------------- what shows in the terminal

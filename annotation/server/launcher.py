@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError, cli_entry, mask_passwords
+from pipelines.cli import CliParser, UserError, cli_entry, mask_passwords
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
@@ -629,7 +629,7 @@ def _follow(files: list[Path]) -> Iterator[tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m annotation server", description=__doc__.split("\n\n")[0])
+    parser = CliParser(prog="python -m annotation server", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", help="var dir with the database, logs and owner files ($ANNOTATION_HOME, var/argilla)")

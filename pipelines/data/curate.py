@@ -192,6 +192,17 @@ class FilterStep(Step):
         metadata={"help": "Drop rows equal to an earlier one after Unicode, case, punctuation, space normalisation."},
     )
 
+    def __post_init__(self) -> None:
+        if self.min_tokens is not None and self.min_tokens < 0:
+            raise UserError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise UserError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise UserError(
+                f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}: every row would be dropped; "
+                "lower min_tokens or raise max_tokens"
+            )
+
     def needs_tokens(self) -> bool:
         return self.min_tokens is not None or self.max_tokens is not None
 

@@ -63,6 +63,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"{len(args.models)} models but {len(names)} names")
     if len(set(names)) != len(names):
         raise UserError(f"the model names repeat ({', '.join(names)}): give distinct --names")
+    if args.db is not None and not args.db.is_file():  # a --db the user gave; never silently no SQL verifier
+        raise UserError(f"--db {args.db} is not a file: give the SQLite database the answers run on")
+    db = args.db or DEFAULT_DB
     claim_output_dir(check_output_dir(args.output_dir))
     lm_eval_tasks = harness.parse_tasks(args.lm_eval_tasks or "")
     if lm_eval_tasks:
@@ -75,7 +78,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     rows = rows["train"] if hasattr(rows, "keys") else rows
     rows = rows.select(range(min(args.samples, len(rows))))
     verified_rows = [dict(r) for r in rows]
-    verifier = pick_verifier(args.verifier, rows.column_names, args.db, verified_rows)
+    verifier = pick_verifier(args.verifier, rows.column_names, db, verified_rows)
     mapping = detect_mapping(rows.column_names, args.columns)
     formatted = to_training_format(rows, mapping, args.system_prompt, name=args.data)
     prompts, references = generation_pairs(formatted)
@@ -176,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     cmp.add_argument("--columns", help="column mapping role=column, as in the stages' configs")
     cmp.add_argument("--system_prompt", default=None)
-    cmp.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite database for execution accuracy")
+    cmp.add_argument(
+        "--db", type=Path, help="SQLite database for execution accuracy (default: data/textsql/shop.sqlite)"
+    )
     cmp.add_argument(
         "--verifier",
         choices=VERIFIERS,

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "pipelines.runner.distributed": ("enable_cpu_fsdp",),
     "pipelines.runner.modeling": (
         "attend_per_sequence",
+        "check_weights",
         "load_model",
         "load_tokenizer",
         "lora_config",

@@ -176,6 +176,31 @@ def _unsettable(field: dataclasses.Field) -> bool:
     return field.default is None
 
 
+def _allows_none(kind: Any) -> bool:
+    """Whether a field's declared type (a type, or its string when the hints do not resolve) admits None."""
+    if isinstance(kind, str):
+        return bool(re.search(r"\bNone\b|\bOptional\[|\bAny\b", kind))
+    if kind is Any or kind is None or kind is type(None):
+        return True
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_allows_none(arg) for arg in typing.get_args(kind))
+    return False
+
+
+def _needing_values(dataclass_types: Sequence[type]) -> set[str]:
+    """The keys of `dataclass_types` that cannot be None: neither their default nor their type allows it."""
+    keys: set[str] = set()
+    for cls in dataclass_types:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001 - an unresolvable hint: judge the field's own (string) type
+            hints = {}
+        for field in dataclasses.fields(cls):
+            if not _unsettable(field) and not _allows_none(hints.get(field.name, field.type)):
+                keys.add(field.name)
+    return keys
+
+
 # ---------------------------------------------------------------------------- plain dataclasses
 
 
@@ -396,9 +421,12 @@ def parse_config(
         config_path = args[index + 1]
         del args[index : index + 2]
         file_config = _rename_keys(read_yaml(config_path), f"in {config_path}")
-        for key in file_config:
+        needing_values = _needing_values(dataclass_types)
+        for key, value in file_config.items():
             if key not in valid and key != "env":
                 raise unknown_key_error(key, valid, f"in {config_path}")
+            if value is None and key in needing_values:
+                raise UserError(f"{key} cannot be null in {config_path}: it needs a value")
         config.update(file_config)
     config.pop("env", None)
     unsettable = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if _unsettable(f)}

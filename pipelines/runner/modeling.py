@@ -77,6 +77,21 @@ def model_kwargs(model_args: ModelConfig, use_bf16: bool) -> dict[str, Any]:
     return kwargs
 
 
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.gguf")
+
+
+def check_weights(name_or_path: str) -> str:
+    """The model's resolved path; a local folder without weight files is a one-line `UserError` saying so."""
+    path = resolve_model(name_or_path)
+    folder = Path(path)
+    if folder.is_dir() and not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise UserError(
+            f"model folder {name_or_path!r} has a config but no weights (no .safetensors or .bin file): "
+            "give a folder a model was saved to (save_pretrained), or copy its weights there"
+        )
+    return path
+
+
 def load_model(
     name_or_path: str,
     model_args: ModelConfig,
@@ -90,7 +105,7 @@ def load_model(
     unless `use_bf16` (`Precision.bf16` for a frozen or generation model). A one-output head computes in
     fp32 either way (`fp32_score_head`).
     """
-    path = resolve_model(name_or_path)
+    path = check_weights(name_or_path)
     kwargs = model_kwargs(model_args, use_bf16) | extra
     try:
         if (Path(path) / "adapter_config.json").is_file():

@@ -40,6 +40,7 @@ from pipelines.runner import (
     RunArguments,
     UserError,
     attend_per_sequence,
+    check_weights,
     cli_entry,
     load_model,
     load_tokenizer,
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     # every mistake a user can make is found before the model loads or anything is written
     resume_from = start_run(run_args, training_args, metrics_sinks(data_args))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
+    check_weights(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     precision = training_precision(precision_args.precision, training_args)
     model = load_model(model_args.model_name_or_path, model_args)  # fp32 master weights, bf16 by autocast
