@@ -26,16 +26,11 @@ import argparse
 import itertools
 from typing import Any
 
-from bench.common import ROOT, TINY, Recorder, Verdict, add_common_flags, apply_threads, model_path, read_jsonl
+from bench.common import ROOT, Recorder, Verdict, add_common_flags, apply_threads, read_jsonl
+from bench.ppo_vs_trl import add_model_flags, ppo_models
 
 NAME = "ppo_headroom"
 HELD_OUT = ROOT / "data" / "textsql" / "test.jsonl"
-
-
-def default_models() -> tuple[str, str]:
-    from bench.ppo_quality import default_models as demo_models
-
-    return demo_models()
 
 
 def measure(policy: str, reward_model: str, samples: int, temperature: float, limit: int | None) -> dict[str, Any]:
@@ -99,21 +94,13 @@ def measure(policy: str, reward_model: str, samples: int, temperature: float, li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ppo_headroom", description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
-    parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+    add_model_flags(parser)
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per question besides greedy")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0: the policy)")
     add_common_flags(parser)
     args = parser.parse_args(argv)
     apply_threads(args.threads)
-    if args.quick:
-        from bench.ppo_vs_trl import tiny_reward_model
-
-        policy, reward_model = model_path(TINY), tiny_reward_model()
-    elif args.policy and args.reward_model:
-        policy, reward_model = args.policy, args.reward_model
-    else:
-        policy, reward_model = default_models()
+    policy, reward_model = ppo_models(args)
     recorder = Recorder(NAME, args.quick)
     figures = measure(policy, reward_model, args.samples, args.temperature, 8 if args.quick else None)
     pairwise = figures["reward_pairwise_on_own_answers"]

@@ -32,7 +32,6 @@ from typing import Any
 from bench.common import (
     PYTHON,
     ROOT,
-    TINY,
     Recorder,
     Verdict,
     add_common_flags,
@@ -41,20 +40,13 @@ from bench.common import (
     read_jsonl,
     run_child,
 )
+from bench.ppo_vs_trl import add_model_flags, ppo_models
 
 NAME = "ppo_quality"
 GAIN_TARGET = 0.03
 WIN_TARGET = 0.60
 HELD_OUT = ROOT / "data" / "textsql" / "test.jsonl"
 BASE = "smollm2-135m-instruct"  # what the demo's SFT starts from
-
-
-def default_models() -> tuple[str, str]:
-    """The newest demo run's SFT and reward models."""
-    for run in sorted(ROOT.glob("runs/demo-*"), reverse=True):
-        if (run / "sft" / "config.json").is_file() and (run / "reward" / "config.json").is_file():
-            return str(run / "sft"), str(run / "reward")
-    raise SystemExit("no runs/demo-*/sft and reward: run `make demo` first, or pass --policy and --reward_model")
 
 
 def train(policy: str, reward_model: str, seed: int, out: Path, extra: list[str], quick: bool) -> dict[str, Any]:
@@ -105,8 +97,7 @@ def head_to_head(comparison: dict[str, Any], challenger: str, baseline: str = "s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ppo_quality", description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
-    parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+    add_model_flags(parser)
     parser.add_argument("--base", default=BASE, help="the model SFT started from, reported beside (none: skip)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=200, help="held-out questions (all 200 by default)")
@@ -115,14 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("ppo_flags", nargs="*", help="extra pipelines.ppo flags, after `--`")
     args = parser.parse_args(argv)
     apply_threads(args.threads)
-    if args.quick:
-        from bench.ppo_vs_trl import tiny_reward_model
-
-        policy, reward_model = model_path(TINY), tiny_reward_model()
-    elif args.policy and args.reward_model:
-        policy, reward_model = args.policy, args.reward_model
-    else:
-        policy, reward_model = default_models()
+    policy, reward_model = ppo_models(args)
     recorder = Recorder(NAME, args.quick)
     if args.quick:
         args.out = args.out.with_name(args.out.name + "-quick")

@@ -116,6 +116,22 @@ def tiny_reward_model() -> str:
     return str(folder)
 
 
+def add_model_flags(parser: Any) -> None:
+    """--policy and --reward_model, shared by the PPO benches."""
+    parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
+    parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+
+
+def ppo_models(args: Any) -> tuple[str, str]:
+    """(policy, reward model) for a PPO bench: tiny-llama with a seeded head in quick mode, the flags, or the
+    newest demo run's."""
+    if args.quick:
+        return model_path(TINY), tiny_reward_model()
+    if args.policy and args.reward_model:
+        return args.policy, args.reward_model
+    return default_models()
+
+
 def shared_settings(updates: int, learning_rate: float, quick: bool) -> dict[str, Any]:
     ours = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
     keys = ("temperature", "kl_coef", "kl_estimator", "cliprange", "cliprange_value", "vf_coef")
@@ -250,8 +266,7 @@ def run_peer(tmp: Path, policy: str, reward_model: str, s: dict[str, Any], preci
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ppo_vs_trl", description=__doc__.splitlines()[0])
     add_common_flags(parser)
-    parser.add_argument("--policy", help="SFT model folder (default: the newest runs/demo-*/sft)")
-    parser.add_argument("--reward_model", help="reward model folder (default: the newest runs/demo-*/reward)")
+    add_model_flags(parser)
     parser.add_argument("--updates", type=int, default=None, help="PPO updates per run (default 5; quick 2)")
     parser.add_argument("--reps", type=int, default=None, help="runs per side: 3 gives A B B A A B (quick: 1)")
     parser.add_argument(
@@ -261,12 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     precision = announce_precision(resolve_precision(args.precision))
-    if args.quick:
-        policy, reward_model = model_path(TINY), tiny_reward_model()
-    elif args.policy and args.reward_model:
-        policy, reward_model = args.policy, args.reward_model
-    else:
-        policy, reward_model = default_models()
+    policy, reward_model = ppo_models(args)
     settings = shared_settings(args.updates or (2 if args.quick else 5), args.learning_rate, args.quick)
     peer_python()  # built before any timing
     recorder = Recorder(NAME, args.quick, precision)
