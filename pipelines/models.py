@@ -11,6 +11,7 @@ fp32 safetensors folder that loads in under a second.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ def resolve_model(name: str) -> str:
     """A local folder, a model under `models/` by name, or a hub id (checked for offline use)."""
     candidates = [Path(name).expanduser(), MODELS_DIR / name]
     for path in candidates:
-        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        if (path / "config.json").is_file():
+            return str(path)
+        if (path / "adapter_config.json").is_file():
+            _check_adapter_base(path)
             return str(path)
     hint = f"local models: {', '.join(local_models()) or 'none (run `python -m pipelines.models prepare`)'}"
     if _looks_like_path(name) or Path(name).expanduser().exists():
@@ -74,6 +78,22 @@ def resolve_model(name: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         raise UserError(f"{name!r} is a hub id but the hub is offline (HF_HUB_OFFLINE=1); {hint}")
     return name
+
+
+def _check_adapter_base(adapter: Path) -> None:
+    """A LoRA adapter folder loads with its base model: that base must resolve too."""
+    try:
+        base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {adapter / 'adapter_config.json'}: {err}") from None
+    if not base:
+        raise UserError(
+            f"LoRA adapter {str(adapter)!r} names no base model (base_model_name_or_path in adapter_config.json)"
+        )
+    try:
+        resolve_model(base)
+    except UserError as err:
+        raise UserError(f"LoRA adapter {str(adapter)!r}: its base model cannot be loaded: {err}") from None
 
 
 def _gguf_dir() -> Path:

@@ -283,6 +283,13 @@ def test_a_broken_jsonl_line_is_named(run, cli_args, tmp_path: Path, cli: str) -
     assert_user_error(run(main_of(cli), cli_args(cli, out, data)), says, [out])
 
 
+def test_a_ranking_with_a_rank_missing_is_refused(run, cli_args, tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i}", "responses": ["a", "b", "c"], "ranks": [1, 2, 3] if i else [1, 2]} for i in range(8)]
+    data, out = jsonl(tmp_path / "rankings.jsonl", rows), tmp_path / "out"
+    says = ("3 responses but 2 ranks", "one rank per response")
+    assert_user_error(run("reward", cli_args("reward", out, data)), says, [out])
+
+
 def test_a_broken_line_of_a_pulled_file_is_named(run, tmp_path: Path) -> None:
     pulled = tmp_path / "pulled.jsonl"
     pulled.write_text('{"dataset": "w/d", "kind": "text", "records": 1}\n{"id": "1", "fields": \n', encoding="utf-8")
@@ -374,6 +381,22 @@ def test_a_model_folder_without_weights_says_so(run, cli_args, tiny_model: Path,
     for cli in ("generate", "sft"):
         argv = [bare if a == tiny_model else a for a in cli_args(cli, out)]
         assert_user_error(run(cli, argv), (str(bare), "no weights"), [out])
+
+
+def test_a_lora_adapter_whose_base_is_missing_says_so(run, cli_args, tiny_model: Path, tmp_path: Path) -> None:
+    adapter, out = tmp_path / "adapter", tmp_path / "out"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "gone")}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    for cli in ("generate", "sft"):
+        argv = [adapter if a == tiny_model else a for a in cli_args(cli, out)]
+        assert_user_error(run(cli, argv), (str(adapter), "its base model cannot be loaded", "gone"), [out])
+
+
+def test_a_text_column_mapped_as_messages_is_refused(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*cli_args("sft", out), "--columns", "messages=question"]
+    assert_user_error(run("sft", argv), ("'question'", "messages role needs a list"), [out])
 
 
 ANNOTATION_MISTAKES = [

@@ -118,15 +118,26 @@ def _rows_named(numbers: Sequence[int]) -> str:
 
 
 def check_text_columns(
-    rows: Dataset, required: Sequence[str], name: str, optional: Sequence[str] = (), lists: Collection[str] = ()
+    rows: Dataset,
+    required: Sequence[str],
+    name: str,
+    optional: Sequence[str] = (),
+    lists: Collection[str] = (),
+    messages: Collection[str] = (),
 ) -> None:
     """Every row of the `required` columns holds text (not null, not blank), the `optional` ones text or nothing;
-    columns in `lists` may hold lists instead (chat messages, ranked candidates). A one-line `UserError` names the
-    column and the rows (counted from 1 in `name`'s order) otherwise."""
+    columns in `lists` may hold lists instead (chat messages, ranked candidates), those in `messages` must (a
+    conversation per row). A one-line `UserError` names the column and the rows (counted from 1 in `name`'s order)
+    otherwise."""
     for column in [*required, *optional]:
         feature = rows.features[column]
         is_list = not isinstance(feature, Value)
         kind = "list" if is_list else feature.dtype
+        if column in messages and not is_list:
+            raise UserError(
+                f"{name}: column {column!r} holds {kind} values, but the messages role needs a list of chat messages "
+                "({role, content}) per row; map a text column to text, prompt or completion instead"
+            )
         if (is_list and column not in lists) or (not is_list and kind not in (*TEXT_TYPES, "null")):
             example = next(((i, v) for i, v in enumerate(rows[column], start=1) if v is not None), None)
             shown = f" (row {example[0]}: {example[1]!r})" if example else ""
@@ -159,6 +170,7 @@ def _roles_to_check(mapping: Mapping[str, str]) -> dict[str, list[str]]:
         "required": [column for role, column in mapping.items() if role not in OPTIONAL_ROLES],
         "optional": [column for role, column in mapping.items() if role in OPTIONAL_ROLES],
         "lists": [mapping["messages"]] if "messages" in mapping else [],
+        "messages": [mapping["messages"]] if "messages" in mapping else [],
     }
 
 

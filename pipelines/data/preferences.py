@@ -25,7 +25,7 @@ def ranking_to_pairs(
 ) -> list[tuple[str, str, float]]:
     """(chosen, rejected, rank gap) for the pairs a ranking implies under `rule`; ties are dropped."""
     if len(candidates) != len(ranks):
-        raise ValueError(f"{len(candidates)} candidates but {len(ranks)} ranks")
+        raise UserError(f"a ranking has {len(candidates)} responses but {len(ranks)} ranks: give one rank per response")
     if rule not in PAIR_RULES:
         raise ValueError(f"unknown pair rule {rule!r}; use one of {', '.join(PAIR_RULES)}")
     order = sorted(range(len(candidates)), key=lambda i: ranks[i])
