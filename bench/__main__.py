@@ -4,7 +4,7 @@ python -m bench                          # all of them on SmolLM2-135M (~35 min 
 python -m bench --quick                  # tiny-llama smoke test of the whole set (~2-4 min)
 python -m bench --only sft_vs_trl        # one (or several: --only packing,mfu)
 python -m bench --only sft_vs_trl,reward_vs_trl,generation --precision fp32   # those rows in fp32
-python -m bench --only precision_sft,precision_reward,precision_generation    # bf16 (auto) vs fp32, A B B A
+python -m bench --only precision_sft,precision_reward,precision_generation,precision_rollout,precision_ppo  # auto vs fp32
 python -m bench.sft_vs_trl --help        # each benchmark is also a script with its own knobs
 """
 
@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "precision_sft": ("bench.precision", "sft"),
     "precision_reward": ("bench.precision", "reward"),
     "precision_generation": ("bench.precision", "generation"),
+    "precision_rollout": ("bench.precision", "rollout"),
+    "precision_ppo": ("bench.precision", "ppo"),
     "rollout": ("bench.rollout",),
     "ppo_vs_trl": ("bench.ppo_vs_trl",),
     "ppo_headroom": ("bench.ppo_headroom",),

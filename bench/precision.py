@@ -3,14 +3,19 @@
     python -m bench.precision sft           # pipelines.sft training tokens/s, SmolLM2-135M (~8 min on 2 cores)
     python -m bench.precision reward        # pipelines.reward training pairs/s (~6 min)
     python -m bench.precision generation    # generate_texts tokens/s, batch 16 and 64, 64 new tokens (~6 min)
-    python -m bench --only precision_sft,precision_reward,precision_generation
+    python -m bench.precision rollout       # PPO rollout sampling tokens/s, as the trainer samples (~5 min)
+    python -m bench.precision ppo           # pipelines.ppo episodes/s, 5 updates a run (~20 min; a demo run's models)
+    python -m bench --only precision_sft,precision_reward,precision_generation,precision_rollout,precision_ppo
 
 Each side runs the same thing with `--precision auto` and `--precision fp32`: where the CPU multiplies
 bf16 natively (AVX512-BF16, AMX) auto is bf16 — autocast for training, bf16 weights for generation —
 and the target is >= 1.7x fp32; elsewhere auto is fp32 and must cost nothing (>= 0.98). SFT and reward
 use the peer benches' configs (batch 8, steady state after the warm-up steps); generation greedy-decodes
 the same held-out prompts with fp32 and bf16 weights (answers may differ in a token or two, so tokens/s,
-not time, is compared).
+not time, is compared). Rollout samples batches of training prompts with the PPO trainer's `sample` the way
+the trainer does: fp32 trained weights, under bf16 autocast for auto. PPO runs `python -m pipelines.ppo` on
+configs/ppo/default.yaml (5 updates, the newest demo run's SFT policy and reward model, or --policy and
+--reward_model) and compares the steady episodes/s (updates 2-5), with peak RSS alongside.
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ from bench.common import (
     textsql_data,
     write_yaml,
 )
+from bench.ppo_vs_trl import add_model_flags, ppo_models, run_ours, shared_settings
 from bench.reward_vs_trl import REWARD_COMMON, pairs_data
 from bench.vs_plain import steady_rate
 from pipelines.runner import Precision, resolve_precision
 
 TARGET_NATIVE = 1.7  # bf16 where the CPU has it: the issue's target for training and generation
 TARGET_FALLBACK = 0.98  # auto is fp32 there: at most 2 % slower, i.e. nothing
-STAGES = ("sft", "reward", "generation")
+STAGES = ("sft", "reward", "generation", "rollout", "ppo")
 COLUMNS = ["--columns", "prompt=question,completion=answer"]
 
 
@@ -109,11 +115,104 @@ def generation_runs(model_dir: str, sides: dict[str, Precision], args: argparse.
     return runs
 
 
+def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[dict]:
+    """The PPO trainer's `sample` on the same batches of training prompts, both sides alternating which goes
+    first; the trained policy keeps fp32 weights and samples under bf16 autocast where the side is bf16."""
+    import contextlib
+
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from bench.common import ROOT, TEXTSQL_TRAIN, read_jsonl
+    from pipelines.ppo.rollout import sample
+    from pipelines.runner import NgramDrafter, load_tokenizer
+
+    config = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
+    batch_size, temperature = config["rollout_batch_size"], config["temperature"]
+    max_new_tokens = 16 if args.quick else config["max_new_tokens"]
+    policy = ppo_models(args)[0]
+    batches = 2 if args.quick else 8
+    tokenizer = load_tokenizer(policy, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    rows = read_jsonl(TEXTSQL_TRAIN)[: batches * batch_size]
+    chunks = [
+        [[{"role": "user", "content": row["question"]}] for row in rows[i : i + batch_size]]
+        for i in range(0, len(rows), batch_size)
+    ]
+
+    def under(side: str) -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if sides[side].bf16 else contextlib.nullcontext()
+
+    drafters = {side: NgramDrafter() for side in sides}  # each side's drafter learns from its own samples
+    for side in sides:  # warm-up, untimed: oneDNN kernels of each dtype
+        with under(side):
+            sample(model, tokenizer, chunks[0][:2], 8, temperature, 2)
+    runs = []
+    for index, chunk in enumerate(chunks):
+        for side in abba(1, *sides) if index % 2 == 0 else abba(1, *reversed(list(sides))):
+            generator = torch.Generator().manual_seed(index)  # both sides of a batch draw from the same seed
+            load, start = loadavg(), time.perf_counter()
+            with under(side):
+                rollout = sample(
+                    model,
+                    tokenizer,
+                    chunk,
+                    max_new_tokens,
+                    temperature,
+                    batch_size,
+                    None,
+                    drafters[side],
+                    config["draft_tokens"],
+                    generator,
+                )
+            seconds = time.perf_counter() - start
+            tokens = int(rollout.response_mask.sum())
+            runs.append(
+                {
+                    "label": f"batch {index + 1} {side}",
+                    "side": side,
+                    "prompts": len(chunk),
+                    "temperature": temperature,
+                    "tokens": tokens,
+                    "seconds": seconds,
+                    "rate": tokens / seconds,
+                    "loadavg": load,
+                }
+            )
+    return runs
+
+
+def ppo_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[dict]:
+    """pipelines.ppo with configs/ppo/default.yaml in each precision, A B B A; steady episodes/s of each."""
+    import yaml
+
+    from bench.common import ROOT
+
+    policy, reward_model = ppo_models(args)
+    learning_rate = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())["learning_rate"]
+    settings = shared_settings(2 if args.quick else 5, learning_rate, args.quick)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-precision-ppo-") as tmp_name:
+        for i, side in enumerate(order := abba(args.reps, *sides)):
+            tmp = Path(tmp_name) / f"run-{i}"
+            tmp.mkdir()
+            record = run_ours(tmp, policy, reward_model, settings, sides[side])
+            steady = record["update_seconds"][1:]
+            rate = len(steady) * settings["rollout_batch_size"] / sum(steady)
+            print(
+                f"  run {i + 1}/{len(order)} {side}: {rate:.3f} episodes/s, peak RSS {record['peak_rss_mib']:.0f} MiB"
+            )
+            runs.append({"side": side, **record, "rate": rate})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.precision", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     add_common_flags(parser, steps=10, warmup=2)
     parser.add_argument("--reps", type=int, default=2, help="A/B pairs (2: A B B A)")
+    add_model_flags(parser)  # rollout and ppo: the policy (and reward model) to run
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     auto = resolve_precision("auto")
@@ -127,12 +226,29 @@ def main(argv: list[str] | None = None) -> None:
         widest = max(r["batch"] for r in runs)
         headline = [r for r in runs if r["batch"] == widest]
         unit = f"tok/s (b={widest})"
+    elif args.stage == "rollout":
+        runs = headline = rollout_runs(sides, args)
+        unit = "tok/s"
+    elif args.stage == "ppo":
+        runs = headline = ppo_runs(sides, args)
+        unit = "episodes/s"
     else:
         runs = training_runs(args.stage, model, sides, args)
         headline = runs
         unit = "tok/s" if args.stage == "sft" else "pairs/s"
     a_label, b_label = sides
     rates = {side: median([r["rate"] for r in headline if r["side"] == side]) for side in sides}
+    note = f"median of {args.reps} run(s) each"
+    if args.stage == "rollout":  # batches differ in length: all tokens over all seconds
+        rates = {
+            side: sum(r["tokens"] for r in runs if r["side"] == side)
+            / sum(r["seconds"] for r in runs if r["side"] == side)
+            for side in sides
+        }
+        note = f"{len(runs) // 2} batches of {runs[0]['prompts']} prompts a side, temperature {runs[0]['temperature']}"
+    if args.stage == "ppo":
+        rss = {side: max(r["peak_rss_mib"] for r in runs if r["side"] == side) for side in sides}
+        note += f", peak RSS {rss[a_label]:.0f} vs {rss[b_label]:.0f} MiB"
     per_batch = ""
     if args.stage == "generation":
         ratios = [
@@ -149,12 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         rates[b_label],
         unit,
         TARGET_NATIVE if auto.bf16 else TARGET_FALLBACK,
-        note=f"{per_batch}median of {args.reps} run(s) each",
+        note=f"{per_batch}{note}",
     )
     recorder.finish(
         verdict,
         {
-            "model": model,
+            "model": ppo_models(args)[0] if args.stage in ("rollout", "ppo") else model,
             "auto": auto.as_dict(),
             "targets": {"native_bf16": TARGET_NATIVE, "no_native_bf16": TARGET_FALLBACK},
             "order": abba(args.reps, *sides),

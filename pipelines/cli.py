@@ -156,8 +156,10 @@ def _stop(err: KeyboardInterrupt) -> NoReturn:
     outcomes = [hook() for hook in reversed(_INTERRUPT_HOOKS)] + [_remove_claimed_dir()]
     said = "; ".join(outcome for outcome in outcomes if outcome) or "nothing was written"
     if os.environ.get("RANK", "0") == "0":  # one message for a multi-process run
-        # on a line of its own, not after a progress bar left mid-line
-        tqdm.write(f"stopped by {signal.Signals(signum).name}: {said}", file=sys.stderr)
+        # the last line a user sees: open progress bars are closed first (tqdm.write would redraw them after it)
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+        print(f"stopped by {signal.Signals(signum).name}: {said}", file=sys.stderr)
     sys.exit(128 + signum)
 
 

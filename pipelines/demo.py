@@ -3,6 +3,7 @@
     python -m pipelines.demo                       # Argilla -> pretrain -> SFT -> reward -> PPO -> compare -> loop
     python -m pipelines.demo --stages sft,compare  # only some stages (without `annotation`, stages read the files)
     python -m pipelines.demo --run_dir runs/demo   # where everything goes (default: a new timestamped dir)
+    python -m pipelines.demo --precision fp32      # every stage in fp32 (default auto: bf16 where the CPU has it)
 
 `annotation` starts the embedded Argilla server (or uses ARGILLA_API_URL), creates the three sample
 datasets in the `demo` workspace and pushes the sample data into them (idempotent: a second demo
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 from pipelines.models import PROJECT_ROOT, SMOLLM2
+from pipelines.runner import add_precision_flag
 
 STAGES = ("annotation", "pretrain", "sft", "reward", "ppo", "compare", "loop")
 WORKSPACE = "demo"
@@ -113,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = CliParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", type=Path, default=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
+    precision = ("--precision", args.precision)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown or not stages:
@@ -137,14 +141,16 @@ def main(argv: list[str] | None = None) -> None:
 
     if "pretrain" in stages:
         timings["pretrain"] = run_stage(
-            "sft", "--config", "configs/sft/pretrain.yaml", *source("pretraining-text"), "--output_dir", pretrain
+            "sft",
+            *("--config", "configs/sft/pretrain.yaml", *source("pretraining-text"), "--output_dir", pretrain),
+            *precision,
         )
     if "sft" in stages:
         start_from = ("--model_name_or_path", pretrain) if (pretrain / "config.json").is_file() else ()
         # the export's rows are prompt/completion (detected); the file's question/answer need the config's mapping
         rows = (*source("text-to-sql"), "--columns", "") if status else ()
         timings["sft"] = run_stage(
-            "sft", "--config", "configs/sft/default.yaml", *start_from, *rows, "--output_dir", sft
+            "sft", "--config", "configs/sft/default.yaml", *start_from, *rows, "--output_dir", sft, *precision
         )
     if "reward" in stages:
         timings["reward"] = run_stage(
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             *("--config", "configs/reward/default.yaml", "--model_name_or_path", sft),
             *source("sql-comparisons"),
             *("--output_dir", reward),
+            *precision,
         )
     if "ppo" in stages:
         timings["ppo"] = run_stage(
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             reward,
             "--output_dir",
             ppo,
+            *precision,
         )
     if "compare" in stages:
         models = [str(p) for p in (SMOLLM2, sft, ppo) if p == SMOLLM2 or (Path(p) / "config.json").is_file()]
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             reward,
             "--output_dir",
             run_dir / "comparison",
+            *precision,
         )
     loop_url = None
     if "loop" in stages:
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(
             "annotation",
             *("loop", "run", "--config", "configs/loop/default.yaml", "--dataset", LOOP_DATASET),
-            *("--policy", ppo, "--reward_model", reward, "--output_dir", loop_dir),
+            *("--policy", ppo, "--reward_model", reward, "--output_dir", loop_dir, *precision),
         )
         timings["loop"] = time.perf_counter() - started
         loop_url = json.loads((loop_dir / "round-001" / "pushed.json").read_text(encoding="utf-8"))["url"]

@@ -159,7 +159,7 @@ def test_tiers_by_bounds_and_by_tertiles() -> None:
     low, high = select.tier_bounds(splits, "score", None)
     assert 2 < low < high < 5
     with pytest.raises(UserError, match="two increasing numbers"):
-        select.tier_bounds(splits, "score", [5, 3])
+        SelectStep(tiers_by="score", tier_bounds=[5, 3])
 
 
 def test_top_k_by_rating_keeps_source_order_and_leaves_test_whole() -> None:

@@ -70,3 +70,24 @@ def test_unknown_stage_is_one_line_exit_2(run_cli, tmp_path: Path) -> None:
         "error: unknown stage(s) rlhf; choose from annotation, pretrain, sft, reward, ppo, compare, loop"
     ]
     assert not (tmp_path / "d").exists()
+
+
+def test_precision_reaches_every_stage_the_demo_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--precision fp32` is what the bf16-vs-fp32 comparison of the whole demo rests on: each stage gets it."""
+    import pipelines.demo as demo
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(
+        demo, "run_cli", lambda module, *args, capture=False: commands.append([module, *map(str, args)])
+    )
+    stages = "pretrain,sft,reward,ppo,compare"
+    demo.main(["--stages", stages, "--precision", "fp32", "--run_dir", str(tmp_path / "d")])
+    assert [c[0] for c in commands] == [
+        "pipelines.sft",
+        "pipelines.sft",
+        "pipelines.reward",
+        "pipelines.ppo",
+        "pipelines.eval",
+    ]
+    for command in commands:
+        assert command[command.index("--precision") + 1] == "fp32", command

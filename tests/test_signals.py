@@ -50,9 +50,9 @@ def stop_line(log: Path) -> str:
     text = log.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in text, text[-3000:]
     lines = [line for chunk in text.splitlines() for line in chunk.split("\r") if line.strip()]
-    # one stop line; a progress bar closed at exit may redraw after it
+    # one stop line, and the last: no progress bar redrawn after it
     stops = [line for line in lines if line.startswith("stopped by ")]
-    assert len(stops) == 1, text[-3000:]
+    assert len(stops) == 1 and lines[-1] == stops[0], text[-3000:]
     return stops[0]
 
 

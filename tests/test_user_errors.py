@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -57,13 +56,9 @@ def _unwritable_folder() -> Path:
     pytest.skip("no folder here refuses writes to this user")
 
 
-PROGRESS_BAR = re.compile(r"\d+%\||/s\]$|\[\d\d:\d\d<")  # tqdm: work shown while it happens, not a message
-
-
 def single_error_line(stderr: str) -> str:
-    """stderr holds exactly one line besides progress bars, the `error:` line: no traceback or warning before it."""
+    """stderr holds exactly one line, the `error:` line: no traceback, warning or progress bar before it."""
     lines = [line for chunk in stderr.splitlines() for line in chunk.split("\r") if line.strip()]
-    lines = [line for line in lines if not PROGRESS_BAR.search(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     return lines[0]
 
@@ -391,6 +386,64 @@ def test_a_lora_adapter_whose_base_is_missing_says_so(run, cli_args, tiny_model:
     for cli in ("generate", "sft"):
         argv = [adapter if a == tiny_model else a for a in cli_args(cli, out)]
         assert_user_error(run(cli, argv), (str(adapter), "its base model cannot be loaded", "gone"), [out])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="QLoRA runs where there is a GPU")
+def test_qlora_on_cpu_is_refused_before_the_data_is_read(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*cli_args("sft", out), "--use_peft", "true", "--load_in_4bit", "true"]
+    assert_user_error(run("sft", argv), ("QLoRA", "needs a CUDA GPU"), [out])
+
+
+PPO_CONFIG_MISTAKES = [
+    (["--reward_function", "nomodule:fn"], "cannot import reward function module 'nomodule'"),
+    (["--reward_function", "tests.reward_fns:nope"], "no callable 'nope'"),
+    (["--reward_function", "null"], "set exactly one of reward_model_path or reward_function"),
+    (["--reward_model_path", "{M}"], "set exactly one of reward_model_path or reward_function"),
+    (["--shared_backbone", "true", "--value_model_path", "{M}"], "drop value_model_path"),
+]
+
+
+@pytest.mark.parametrize(("flags", "says"), PPO_CONFIG_MISTAKES, ids=["module", "function", "none", "both", "value"])
+def test_ppo_reward_and_value_mistakes_are_found_before_any_model_loads(
+    run, cli_args, tiny_model: Path, tmp_path: Path, flags: list[str], says: str
+) -> None:
+    out = tmp_path / "out"
+    argv = [*cli_args("ppo", out), *(str(tiny_model) if f == "{M}" else f for f in flags)]
+    assert_user_error(run("ppo", argv), (says,), [out])
+
+
+def test_a_config_that_is_a_folder_names_the_files_in_it(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [CONFIGS / "sft" if a == CONFIGS / "sft/tiny.yaml" else a for a in cli_args("sft", out)]
+    assert_user_error(run("sft", argv), ("is a folder", "tiny.yaml"), [out])
+
+
+def test_a_folder_of_unlike_files_is_not_one_dataset(run, cli_args, tmp_path: Path) -> None:
+    out, folder = tmp_path / "out", tmp_path / "mixed"
+    folder.mkdir()
+    jsonl(folder / "qa.jsonl", QA)
+    jsonl(folder / "pairs.jsonl", PAIRS)
+    says = ("holds files with different columns", "pairs.jsonl: chosen", "qa.jsonl: answer")
+    assert_user_error(run("sft", cli_args("sft", out, folder)), says, [out])
+
+
+def test_a_csv_with_only_a_header_has_no_rows(run, cli_args, tmp_path: Path) -> None:
+    out, header = tmp_path / "out", tmp_path / "h.csv"
+    header.write_text("question,answer\n", encoding="utf-8")
+    assert_user_error(run("sft", cli_args("sft", out, header)), (f"{header} has no rows",), [out])
+
+
+def test_prompts_longer_than_max_length_are_one_line_after_the_data_is_read(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [*cli_args("sft", out), "--max_length", 2]
+    assert_user_error(run("sft", argv), ("max_length=2 is not longer than any train prompt",), [out])
+
+
+def test_tier_bounds_out_of_order_are_refused(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["select", *cli_args("data", out)[1:], "--tiers_by", "tokens", "--tier_bounds", "50,10"]
+    assert_user_error(run("data", argv), ("tier_bounds must be two increasing numbers",), [out])
 
 
 def test_a_text_column_mapped_as_messages_is_refused(run, cli_args, tmp_path: Path) -> None:

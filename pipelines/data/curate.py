@@ -292,6 +292,9 @@ class SelectStep(Step):
     def __post_init__(self) -> None:
         if self.top_k is None and self.tiers_by is None:
             raise UserError("select needs top_k (with `by`) or tiers_by, or both")
+        bounds = self.tier_bounds
+        if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
+            raise UserError(f"tier_bounds must be two increasing numbers [easy_below, hard_from], got {list(bounds)}")
 
     def columns(self) -> list[str]:
         named = [self.by] if self.top_k is not None else []

@@ -12,9 +12,11 @@ is refused with its row numbers instead of becoming "" or "0"-less text.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+import datasets
 from datasets import Dataset, Value
 
 from pipelines.cli import UserError
@@ -194,7 +196,28 @@ def to_training_format(
             "completion": [{"role": "assistant", "content": _answer(row, mapping)}],
         }
 
-    return dataset.map(convert, remove_columns=dataset.column_names, desc="Formatting")
+    with bars_only_if_long(len(dataset)):
+        return dataset.map(convert, remove_columns=dataset.column_names, desc="Formatting")
+
+
+# Below these sizes datasets' own work takes well under a second: no progress bar (it would only stand in
+# front of the one-line error that a user's mistake in the data ends in).
+QUICK_ROWS = 50_000
+QUICK_FILE_BYTES = 32 * 2**20
+
+
+@contextlib.contextmanager
+def bars_only_if_long(size: int, quick_below: int = QUICK_ROWS) -> Iterator[None]:
+    """datasets' progress bars inside the block only where `size` (rows, or bytes with QUICK_FILE_BYTES) makes
+    the work long enough to need them."""
+    if size >= quick_below or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def generation_pairs(dataset: Dataset) -> tuple[list[list[dict[str, str]]], list[str]]:
@@ -228,7 +251,8 @@ def drop_overlong_prompts(dataset: Dataset, tokenizer: Any, max_length: int | No
         ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
         return {"_prompt_tokens": [len(x) for x in ids]}
 
-    lengths = dataset.map(prompt_length, batched=True, desc=f"Measuring {name} prompts")["_prompt_tokens"]
+    with bars_only_if_long(len(dataset)):
+        lengths = dataset.map(prompt_length, batched=True, desc=f"Measuring {name} prompts")["_prompt_tokens"]
     keep = [i for i, n in enumerate(lengths) if n < max_length]
     if not keep:
         raise UserError(

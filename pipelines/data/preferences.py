@@ -15,6 +15,7 @@ from typing import Any, Literal
 from datasets import Dataset
 
 from pipelines.cli import UserError
+from pipelines.data.formats import bars_only_if_long
 
 PairRule = Literal["all_pairs", "best_vs_rest"]
 PAIR_RULES: tuple[str, ...] = ("all_pairs", "best_vs_rest")
@@ -96,13 +97,17 @@ def to_preference_format(
                 out["margin"].append(gap * margin_scale)
         return out
 
-    converted = dataset.map(convert, batched=True, remove_columns=dataset.column_names, desc="Building pairs")
+    with bars_only_if_long(len(dataset)):
+        converted = dataset.map(convert, batched=True, remove_columns=dataset.column_names, desc="Building pairs")
     if not margin_column:
         converted = converted.remove_columns("margin")
     same = sum(c == r for c, r in zip(converted["chosen"], converted["rejected"], strict=True))
     if len(converted) == 0 or same == len(converted):
         raise UserError("no usable comparison: every pair has chosen == rejected (or the rankings are all ties)")
     if same:
-        converted = converted.filter(lambda row: row["chosen"] != row["rejected"], desc="Dropping chosen == rejected")
+        with bars_only_if_long(len(converted)):
+            converted = converted.filter(
+                lambda row: row["chosen"] != row["rejected"], desc="Dropping chosen == rejected"
+            )
         print(f"dropped {same} pairs whose chosen and rejected responses are identical")
     return converted

@@ -61,10 +61,8 @@ def top_k(splits: Splits, k: int, by: str, ascending: bool) -> tuple[Splits, dic
 
 
 def tier_bounds(splits: Splits, by: str, bounds: Sequence[float] | None) -> tuple[float, float]:
-    """`bounds` checked, or the tertiles of the values over all splits."""
+    """`bounds` (checked by the select step's config), or the tertiles of the values over all splits."""
     if bounds is not None:
-        if len(bounds) != 2 or not bounds[0] < bounds[1]:
-            raise UserError(f"tier_bounds must be two increasing numbers [easy_below, hard_from], got {list(bounds)}")
         return float(bounds[0]), float(bounds[1])
     values = np.concatenate([values_of(rows, by) for rows in splits.values()])
     values = values[~np.isnan(values)]

@@ -35,7 +35,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from pipelines.cli import UserError, mask_passwords
-from pipelines.data.formats import check_text_columns, text_columns
+from pipelines.data.formats import QUICK_FILE_BYTES, bars_only_if_long, check_text_columns, text_columns
 from pipelines.data.sql import MetricsTable, database_url, load_sql
 
 FILE_BUILDERS = {
@@ -220,6 +220,11 @@ def _load_file(path: Path) -> Dataset:
         )
     if builder != "parquet":
         _check_utf8(path)
+    with bars_only_if_long(path.stat().st_size, QUICK_FILE_BYTES):
+        return _read_with_datasets(path, builder)
+
+
+def _read_with_datasets(path: Path, builder: str) -> Dataset:
     try:
         loaded = load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - datasets wraps parser errors in many exception types
@@ -231,6 +236,8 @@ def _load_file(path: Path) -> Dataset:
                 raise UserError(
                     f"{path} is not valid JSON ({where}: {bad.msg}); JSON Lines files end in .jsonl"
                 ) from None
+        if builder == "csv" and "corresponds to no data" in str(err):  # a header and no rows
+            raise UserError(f"{path} has no rows: only a header line") from None
         raise UserError(f"cannot read {path} as {builder}: {_first_cause(err)}") from None
     if builder == "text":  # blank lines are not rows
         loaded = loaded.filter(lambda row: bool(row["text"].strip()), desc="Dropping blank lines")
@@ -247,7 +254,15 @@ def _load_dir(path: Path) -> Dataset | DatasetDict:
         return _load_file(files[0])
     from datasets import concatenate_datasets
 
-    return concatenate_datasets([_load_file(f) for f in files])
+    parts = [_load_file(f) for f in files]
+    shapes = {tuple(sorted(part.column_names)): f.name for f, part in zip(files, parts, strict=True)}
+    if len(shapes) > 1:
+        which = "; ".join(f"{name}: {', '.join(columns)}" for columns, name in list(shapes.items())[:3])
+        raise UserError(
+            f"{path} holds files with different columns ({which}): they are not one dataset; give one file, "
+            "or a folder of files alike"
+        )
+    return concatenate_datasets(parts)
 
 
 def load_source(spec: str, sql: str | None = None, purpose: str | None = None) -> Dataset | DatasetDict:

@@ -39,7 +39,7 @@ from pipelines.data.sources import DataArguments, load_splits, metrics_sinks
 from pipelines.eval.curves import plot_curves
 from pipelines.eval.verifiers import pick_verifier
 from pipelines.ppo.config import PPOConfig
-from pipelines.ppo.rewards import load_reward
+from pipelines.ppo.rewards import import_function, load_reward
 from pipelines.ppo.trainer import PPOTrainer, ValueHead
 from pipelines.runner import (
     METRICS_FILE,
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if not model_args.model_name_or_path:
         raise UserError("no policy: set model_name_or_path (the SFT output, or a folder under models/)")
     # every mistake a user can make is found before a model loads or anything is written
+    reward_function = import_function(config.reward_function) if config.reward_function else None
     resume_from = start_run(run_args, config, metrics_sinks(data_args))
     if config.reward_model_path:
         check_scoring_model(config.reward_model_path)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     state = PartialState()
     reward, reward_shares_tokenizer = load_reward(
         config.reward_model_path,
-        config.reward_function,
+        reward_function,
         tokenizer,
         model_args,
         precision.bf16,  # frozen: bf16 weights where the precision is bf16
@@ -118,8 +119,6 @@ def main(argv: list[str] | None = None) -> None:
         ref_policy = load_model(config.ref_model_path or model_args.model_name_or_path, model_args, precision.bf16)
         ref_policy.requires_grad_(False)
     if config.shared_backbone:
-        if config.value_model_path:
-            raise UserError("shared_backbone puts the value head on the policy: drop value_model_path (or the flag)")
         value_model = ValueHead(policy.config.hidden_size)
     else:
         value_path = config.value_model_path or (

@@ -116,7 +116,8 @@ class FunctionReward:
         return torch.tensor(values)
 
 
-def import_function(spec: str) -> Callable[..., Any]:
+def import_function(spec: str) -> FunctionReward:
+    """The `module:function` reward, imported before any model loads so that a typo fails at once."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise UserError(f"reward_function must look like 'package.module:function', got {spec!r}")
@@ -127,29 +128,24 @@ def import_function(spec: str) -> Callable[..., Any]:
     function = getattr(module, attribute, None)
     if not callable(function):
         raise UserError(f"{module_name} has no callable {attribute!r} (reward_function={spec})")
-    return function
+    return FunctionReward(spec, function)
 
 
 def load_reward(
     reward_model_path: str | None,
-    reward_function: str | None,
+    reward_function: FunctionReward | None,
     policy_tokenizer: PreTrainedTokenizerBase,
     model_args: ModelConfig,
     use_bf16: bool,
     device: torch.device,
     share_prefix: bool = True,
 ) -> tuple[RewardSource, bool]:
-    """The reward source and whether it is a model sharing the policy's tokenizer."""
-    # `--reward_model_path null` on the command line unsets a key the YAML config set
-    reward_model_path, reward_function = (
-        None if value is None or value.strip().lower() in ("", "null", "none") else value
-        for value in (reward_model_path, reward_function)
-    )
-    if bool(reward_model_path) == bool(reward_function):
+    """The reward source (the function, or the model at reward_model_path) and whether it is a model sharing the
+    policy's tokenizer."""
+    if reward_function is not None:
+        return reward_function, False
+    if not reward_model_path:
         raise UserError("set exactly one of reward_model_path or reward_function")
-    if reward_function:
-        return FunctionReward(reward_function, import_function(reward_function)), False
-    assert reward_model_path is not None
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(reward_model_path))
     model = load_scalar_model(reward_model_path, model_args, use_bf16, trained_head=True).to(device)
     model.requires_grad_(False)

@@ -142,6 +142,9 @@ RENAMED_KEYS = {
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's mapping; a missing file, bad YAML or another shape is a one-line `UserError`."""
     config_path = Path(path)
+    if config_path.is_dir():
+        configs = ", ".join(sorted(p.name for p in config_path.glob("*.yaml"))[:6]) or "none there"
+        raise UserError(f"config {path} is a folder: give one YAML file in it ({configs})")
     if not config_path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -399,13 +402,13 @@ def parse_config(
     defaults: dict[str, Any] | None = None,
     prog: str | None = None,
 ) -> tuple[Any, ...]:
-    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values'
-    bounds (`check_ranges`) and apply `verbose`.
+    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values.
+    bounds (`check_ranges`), refuse QLoRA where it cannot run, and apply `verbose`.
 
     `defaults` are the stage's own defaults (e.g. bf16 off on CPU); the YAML overrides them and
     the flags override the YAML.
     """
-    from trl import TrlParser  # here, not at the top: the light CLIs import this module too
+    from trl import ModelConfig, TrlParser  # here, not at the top: the light CLIs import this module too
 
     args = list(sys.argv[1:] if argv is None else argv)
     # allow_abbrev=False: `--max_step 5` must be an unknown key (with a suggestion), not silently --max_steps
@@ -447,6 +450,10 @@ def parse_config(
         check_ranges(values)
         if isinstance(values, RunArguments):
             show_library_reports(values.verbose)
+        if isinstance(values, ModelConfig):
+            from pipelines.runner.modeling import check_quantization
+
+            check_quantization(values)
     return tuple(parsed)
 
 
