@@ -4,7 +4,7 @@ python -m bench                          # all of them on SmolLM2-135M (~35 min 
 python -m bench --quick                  # tiny-llama smoke test of the whole set (~2-4 min)
 python -m bench --only sft_vs_trl        # one (or several: --only packing,mfu)
 python -m bench --only sft_vs_trl,reward_vs_trl,generation --precision fp32   # those rows in fp32
-python -m bench --only precision_sft,precision_reward,precision_generation,precision_rollout,precision_ppo  # auto vs fp32
+python -m bench --only precision_sft,precision_ppo   # auto vs fp32 (also precision_reward, _generation, _rollout)
 python -m bench.sft_vs_trl --help        # each benchmark is also a script with its own knobs
 """
 
