@@ -195,19 +195,24 @@ def cli_entry(main: F) -> F:
 # ---------------------------------------------------------------------------- library noise
 
 
-class _LoadReportFilter(logging.Filter):
-    """transformers' LOAD REPORT table (e.g. a reward model's fresh score head) is expected here, not news."""
+class _ExpectedReportFilter(logging.Filter):
+    """Library reports that are expected here, not news: transformers' LOAD REPORT table (e.g. a reward model's
+    fresh score head) and accelerate's note that a checkpoint stores tied embeddings once (the tie restores the
+    output embedding on load: the PPO resume test compares every weight)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
+        message = str(record.msg)
+        return "LOAD REPORT" not in message and "Removed shared tensor" not in message
 
 
-_LOAD_REPORTS = _LoadReportFilter()
+_EXPECTED_REPORTS = _ExpectedReportFilter()
+_REPORTING_LOGGERS = ("transformers.modeling_utils", "accelerate.utils.other")
 
 
 def show_library_reports(verbose: bool) -> None:
-    """Show transformers' model load reports only with `--verbose`."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    logger.removeFilter(_LOAD_REPORTS)
-    if not verbose:
-        logger.addFilter(_LOAD_REPORTS)
+    """Show the libraries' expected reports (model load tables, tied weights saved once) only with `--verbose`."""
+    for name in _REPORTING_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeFilter(_EXPECTED_REPORTS)
+        if not verbose:
+            logger.addFilter(_EXPECTED_REPORTS)

@@ -517,6 +517,28 @@ def test_load_reports_show_only_with_verbose(run, cli_args, tmp_path: Path) -> N
     assert sum("LOAD REPORT" in message for message in shown.messages) == 1
 
 
+def test_tied_weights_stored_once_are_reported_only_with_verbose(caplog: pytest.LogCaptureFixture) -> None:
+    """A PPO checkpoint of a model with tied embeddings stores them once: accelerate's note of it is expected."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    from pipelines.cli import show_library_reports
+
+    PartialState()  # accelerate's logger needs its state
+    tied = torch.zeros(2)
+    try:
+        for verbose in (False, True):
+            show_library_reports(verbose)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                kept = clean_state_dict_for_safetensors({"embed.weight": tied, "lm_head.weight": tied})
+            assert list(kept) == ["embed.weight"]
+            assert ("Removed shared tensor" in caplog.text) is verbose
+    finally:
+        show_library_reports(False)
+
+
 def test_real_cli_error_is_one_line_in_the_terminal(run_cli, tiny_sft_args, tmp_path: Path) -> None:
     """On a real process (warnings and library logging as a user sees them): one line, exit 2, nothing left."""
     out = tmp_path / "out"
