@@ -47,6 +47,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ from annotation.export import ExportConfig, build_export, read_pulled, report, w
 from annotation.push import best_probabilities, ranks_by_score, send_records
 from annotation.unify import RANKING_RULES, SUBMITTED, TIE_RULES, PulledRecord, agreement, rank_vector
 from annotation.users import default_credentials
-from pipelines.cli import CliParser, UserError, cli_entry
+from pipelines.cli import CliParser, UserError, check_output_dir, cli_entry
 from pipelines.data.formats import to_prompts
 from pipelines.data.preferences import PAIR_RULES
 from pipelines.data.sources import load_source
@@ -286,6 +287,31 @@ def check_models(config: LoopConfig, current: Round) -> None:
         if current.number == 1 and getattr(config, key) is None:
             raise UserError(f"set {key}: round 1 starts from it (e.g. the outputs of the SFT and reward stages)")
         resolve_model(path)  # a folder or a name under models/, else a one-line error
+    if current.number == 1:  # later rounds start from the reward model the loop trained
+        from pipelines.runner import check_scoring_model
+
+        check_scoring_model(current.reward_model(config))
+
+
+def check_stage_overrides(config: LoopConfig, current: Round) -> None:
+    """The `reward:` and `ppo:` overrides are read by stages that run after the annotators have answered: each
+    stage checks its config now (`--validate true`: keys, types, bounds; nothing loaded), so a typo fails at once."""
+    checks = {}
+    with tempfile.TemporaryDirectory(prefix="loop-check-") as tmp:
+        for key, base, overrides, fixed in (
+            ("reward", config.reward_config, config.reward, {"output_dir": str(current.dir / "reward")}),
+            ("ppo", config.ppo_config, config.ppo, {"reward_model_path": "unused", "reward_function": None}),
+        ):
+            yaml_file = stage_config(base, overrides, fixed, Path(tmp) / f"{key}.yaml")
+            command = [sys.executable, "-m", f"pipelines.{key}", "--config", str(yaml_file), "--validate", "true"]
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            checks[key] = (process, str(yaml_file))
+        for key, (process, yaml_file) in checks.items():
+            _, stderr = process.communicate()
+            if process.returncode:
+                said = (stderr.strip().splitlines() or [f"exit {process.returncode}"])[-1].removeprefix("error: ")
+                where = f"{key}_config {getattr(config, key + '_config')} with the loop's {key}: overrides"
+                raise UserError(f"{said.replace(yaml_file, where)} (checked before the round starts)")
 
 
 def loop_dataset(client: rg.Argilla, config: LoopConfig) -> rg.Dataset:
@@ -698,9 +724,11 @@ def finish(config: LoopConfig, current: Round, collected: dict[str, Any]) -> dic
 
 
 def advance(config: LoopConfig, force_collect: bool) -> int:
+    check_output_dir(config.output_dir, "--output_dir")
     current = current_round(Path(config.output_dir))
     split_address(config.dataset)
     check_models(config, current)
+    check_stage_overrides(config, current)
     prompts, references = round_prompts(config, current.number)  # a prompt set without prompts fails here
     if config.simulated_annotators:
         loop_annotators.import_verifier(config.verifier)

@@ -13,9 +13,9 @@ and the target is >= 1.7x fp32; elsewhere auto is fp32 and must cost nothing (>=
 use the peer benches' configs (batch 8, steady state after the warm-up steps); generation greedy-decodes
 the same held-out prompts with fp32 and bf16 weights (answers may differ in a token or two, so tokens/s,
 not time, is compared). Rollout samples batches of training prompts with the PPO trainer's `sample` the way
-the trainer does: fp32 trained weights, under bf16 autocast for auto. PPO runs `python -m pipelines.ppo` on
-configs/ppo/default.yaml (5 updates, the newest demo run's SFT policy and reward model, or --policy and
---reward_model) and compares the steady episodes/s (updates 2-5), with peak RSS alongside.
+the trainer does: from the fp32 policy, or for bf16 from its bf16 copy under bf16 autocast. PPO runs
+`python -m pipelines.ppo` on configs/ppo/default.yaml (5 updates, the newest demo run's SFT policy and
+reward model, or --policy and --reward_model) and compares the steady episodes/s (updates 2-5), with peak RSS alongside.
 """
 
 from __future__ import annotations
@@ -117,8 +117,10 @@ def generation_runs(model_dir: str, sides: dict[str, Precision], args: argparse.
 
 def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[dict]:
     """The PPO trainer's `sample` on the same batches of training prompts, both sides alternating which goes
-    first; the trained policy keeps fp32 weights and samples under bf16 autocast where the side is bf16."""
+    first, from the weights the trainer samples with: the fp32 policy, or for bf16 its bf16 copy (under the
+    run's bf16 autocast)."""
     import contextlib
+    import copy
 
     import torch
     import yaml
@@ -134,7 +136,8 @@ def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[
     policy = ppo_models(args)[0]
     batches = 2 if args.quick else 8
     tokenizer = load_tokenizer(policy, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    fp32 = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    models = {side: fp32 if not p.bf16 else copy.deepcopy(fp32).to(torch.bfloat16) for side, p in sides.items()}
     rows = read_jsonl(TEXTSQL_TRAIN)[: batches * batch_size]
     chunks = [
         [[{"role": "user", "content": row["question"]}] for row in rows[i : i + batch_size]]
@@ -147,7 +150,7 @@ def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[
     drafters = {side: NgramDrafter() for side in sides}  # each side's drafter learns from its own samples
     for side in sides:  # warm-up, untimed: oneDNN kernels of each dtype
         with under(side):
-            sample(model, tokenizer, chunks[0][:2], 8, temperature, 2)
+            sample(models[side], tokenizer, chunks[0][:2], 8, temperature, 2)
     runs = []
     for index, chunk in enumerate(chunks):
         for side in abba(1, *sides) if index % 2 == 0 else abba(1, *reversed(list(sides))):
@@ -155,7 +158,7 @@ def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[
             load, start = loadavg(), time.perf_counter()
             with under(side):
                 rollout = sample(
-                    model,
+                    models[side],
                     tokenizer,
                     chunk,
                     max_new_tokens,

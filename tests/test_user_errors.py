@@ -452,6 +452,7 @@ def test_a_text_column_mapped_as_messages_is_refused(run, cli_args, tmp_path: Pa
     assert_user_error(run("sft", argv), ("'question'", "messages role needs a list"), [out])
 
 
+LOOP = ["--config", "configs/loop/tiny.yaml", "--reward_model", "{CLS}", "--output_dir", "{T}/loop"]
 ANNOTATION_MISTAKES = [
     (["export", "w/d", "--input", "{T}/p.jsonl", "--min_submitted", "-1"], "min_submitted must be >= 0"),
     (["push", "w/d", "--data", "{T}/qa.jsonl", "--kind", "text", "--min_submitted", "0"], "--min_submitted must"),
@@ -460,18 +461,31 @@ ANNOTATION_MISTAKES = [
     (["users", "add"], "required: workspace, usernames"),
     (["users", "add", "demo", "alice", "--role", "king"], "invalid choice: 'king'"),
     (["server", "restart"], "invalid choice: 'restart'"),
+    (["loop", "run", *LOOP, "--output_dir", "{T}/qa.jsonl"], "is a file, not a folder"),
+    (["loop", "run", *LOOP, "--reward_model", "tiny-llama"], "not a trained one-output classifier"),
+    (["loop", "run", *LOOP, "--reward", "{max_step: 4}"], "unknown config key 'max_step' in reward_config"),
+    (["loop", "run", *LOOP, "--ppo", "{rollout_batch_size: 0}"], "rollout_batch_size must be > 0"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "says"), ANNOTATION_MISTAKES, ids=[" ".join(a[:2]) for a, _ in ANNOTATION_MISTAKES])
 def test_annotation_mistakes_are_one_line_before_any_server(
-    run, cli_args, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], says: str
+    run, cli_args, tiny_classifier: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], says: str
 ) -> None:
     monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # nothing listens: found before connecting, or fail
     monkeypatch.setenv("ARGILLA_API_KEY", "unused")
     cli_args("data", tmp_path / "out")  # writes qa.jsonl
-    argv = [a.replace("{T}", str(tmp_path)) for a in argv]
-    assert_user_error(run("annotation", argv), (says,), [tmp_path / "out"])
+    argv = [a.replace("{T}", str(tmp_path)).replace("{CLS}", str(tiny_classifier)) for a in argv]
+    # the loop's later flags win over its earlier ones (the shared prefix sets --output_dir and --reward_model)
+    assert_user_error(run("annotation", argv), (says,), [tmp_path / "out", tmp_path / "loop"])
+
+
+def test_validate_checks_a_stage_config_and_writes_nothing(run, cli_args, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _ = run("sft", [*cli_args("sft", out), "--validate", "true"])
+    assert code == 0 and not out.exists()
+    says = ("unknown config key 'learning_rat'",)
+    assert_user_error(run("sft", [*cli_args("sft", out), "--validate", "true", "--learning_rat", "1"]), says, [out])
 
 
 # ---------------------------------------------------------------------------- what shows in the terminal

@@ -18,11 +18,12 @@ metrics.jsonl (objective/kl, objective/scores, policy/clipfrac, ...), samples.js
 summary.json (held-out score/length/eos before and after, the precision and why).
 
 Precision (`precision: auto`, runner/precision.py): where bf16 is native, the policy/value forwards run under
-bf16 autocast over fp32 weights (the trained ones: AdamW's state is fp32 too), rollouts sample under the same
-autocast, and the frozen reference and reward models hold bf16 weights. What stays fp32: the log-probs of
-PPO's ratio and KL (logits upcast before the log-softmax, rollout.forward_with_values and the decode loop's
-pick_tokens), the value and reward heads' outputs (trainer.ValueHead, the runner's fp32 score head), and the
-losses, advantages and whitening (core.py, on fp32 tensors).
+bf16 autocast over fp32 weights (the trained ones: AdamW's state is fp32 too), rollouts sample from a bf16 copy
+of the policy refreshed every update (without LoRA), and the frozen reference and reward models hold bf16
+weights. What stays fp32: the log-probs of PPO's ratio and KL (logits upcast before the log-softmax,
+rollout.forward_with_values and the decode loop's pick_tokens), the value and reward heads' outputs
+(trainer.ValueHead, the runner's fp32 score head), and the losses, advantages and whitening (core.py, on fp32
+tensors).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     if not model_args.model_name_or_path:
         raise UserError("no policy: set model_name_or_path (the SFT output, or a folder under models/)")
     # every mistake a user can make is found before a model loads or anything is written
+    if bool(config.reward_model_path) == bool(config.reward_function):
+        raise UserError("set exactly one of reward_model_path or reward_function")
+    if config.shared_backbone and config.value_model_path:
+        raise UserError("shared_backbone puts the value head on the policy: drop value_model_path (or the flag)")
     reward_function = import_function(config.reward_function) if config.reward_function else None
     resume_from = start_run(run_args, config, metrics_sinks(data_args))
     if config.reward_model_path:

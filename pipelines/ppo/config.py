@@ -128,10 +128,6 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         minibatch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if bool(self.reward_model_path) == bool(self.reward_function):
-            raise ValueError("set exactly one of reward_model_path or reward_function")
-        if self.shared_backbone and self.value_model_path:
-            raise ValueError("shared_backbone puts the value head on the policy: drop value_model_path (or the flag)")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if minibatch > 0 and self.rollout_batch_size % minibatch:  # sizes below 1: the loader's bounds check says

@@ -56,6 +56,10 @@ class RunArguments:
         default=False,
         metadata={"help": "Also show the libraries' load reports (e.g. the LOAD REPORT of a fresh reward score head)."},
     )
+    validate: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Only check the config (keys, types, bounds) and exit: nothing is loaded or written."},
+    )
 
 
 # Bounds of keys, wherever they appear (TRL's and transformers' fields, the project's, the light CLIs' flags): a
@@ -403,7 +407,7 @@ def parse_config(
     prog: str | None = None,
 ) -> tuple[Any, ...]:
     """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values.
-    bounds (`check_ranges`), refuse QLoRA where it cannot run, and apply `verbose`.
+    bounds (`check_ranges`), refuse QLoRA where it cannot run, and apply `verbose`; with `validate` stop there.
 
     `defaults` are the stage's own defaults (e.g. bf16 off on CPU); the YAML overrides them and
     the flags override the YAML.
@@ -454,6 +458,9 @@ def parse_config(
             from pipelines.runner.modeling import check_quantization
 
             check_quantization(values)
+    if any(isinstance(values, RunArguments) and values.validate for values in parsed):
+        print("config ok")
+        raise SystemExit(0)
     return tuple(parsed)
 
 

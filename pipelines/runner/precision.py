@@ -13,7 +13,8 @@ What bf16 changes, and what stays fp32 (and where that is decided):
   in bf16 under autocast but accumulates log-sum-exp and the loss in fp32.
 - Frozen and generation models (a base model answering eval prompts, a reward model scoring them,
   `pipelines.generate`) hold their weights in `Precision.dtype`: bf16 halves the bytes each decode
-  step reads and needs no cast per matmul.
+  step reads and needs no cast per matmul. PPO's rollouts sample from a bf16 copy of the trained policy
+  that each update refreshes (`pipelines/ppo/trainer.py`).
 - A one-output head (reward/value `score`) always computes in fp32, its input upcast, outside
   autocast (`modeling.fp32_score_head`): a reward rounded to bf16's 8 bits would move by ~0.4 %.
 - Sampling and log-probs read logits upcast to fp32/fp64 (`decoding.pick_tokens`).
