@@ -1,0 +1,74 @@
+"""Where one SFT training step's time goes, bf16 autocast vs fp32: step times and the top ops (torch.profiler).
+
+    python -m bench.profile_sft_step                       # SmolLM2-135M, 8 text-to-SQL pairs as the demo trains them
+    python -m bench.profile_sft_step --attention math      # SDPA's math kernel instead of flash (or: eager)
+    python -m bench.profile_sft_step --threads 1 --rows 20
+
+A profile, not a bench: it prints and writes nothing. The step is a plain forward/backward/AdamW on the model
+the SFT stage trains, batch padded to its longest row, so that the two precisions differ in nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from typing import Any
+
+import torch
+
+from bench.common import SMOLLM2, TEXTSQL_TRAIN, apply_threads, model_path, read_jsonl
+
+
+def train_step(model: Any, optimizer: Any, batch: Any, labels: Any, bf16: bool, kernel: list | None) -> None:
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(kernel) if kernel else contextlib.nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch, labels=labels).loss
+        loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_sft_step", description=__doc__.splitlines()[0])
+    parser.add_argument("--attention", choices=("sdpa", "math", "eager"), default="sdpa")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after 2 warm-up steps")
+    parser.add_argument("--rows", type=int, default=12, help="ops listed per precision")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
+    from torch.nn.attention import SDPBackend
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = model_path(SMOLLM2)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = read_jsonl(TEXTSQL_TRAIN)[: args.batch]
+    chats = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in rows]
+    batch = tokenizer(tokenizer.apply_chat_template(chats, tokenize=False), return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    print(f"batch {tuple(batch['input_ids'].shape)}, {torch.get_num_threads()} threads, attention {args.attention}")
+    implementation = "eager" if args.attention == "eager" else "sdpa"
+    for bf16 in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        kernel = [SDPBackend.MATH] if args.attention == "math" else None
+        run = [model, optimizer, batch, labels, bf16, kernel]
+        for _ in range(2):
+            train_step(*run)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(*run)
+        seconds = (time.perf_counter() - start) / args.steps
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            train_step(*run)
+        print(f"\n=== {'bf16 autocast' if bf16 else 'fp32'}: {seconds:.3f} s a step (mean of {args.steps})")
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
