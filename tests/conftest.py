@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -60,10 +61,17 @@ def _run_cli_many(*calls: Sequence[Any], timeout: float = 300) -> list[subproces
 
 
 def _popen_cli(module: str, *args: Any, log: Path) -> subprocess.Popen[bytes]:
-    """Start a project CLI in the background, stdout and stderr going to `log`."""
+    """Start a project CLI in the background, stdout and stderr going to `log`, with SIGINT as a terminal gives
+    it: under a non-interactive background shell (`nohup make test &`, some CI runners) children start with SIGINT
+    ignored, and Python then never raises KeyboardInterrupt, so a Ctrl-C test would see the run finish."""
     with log.open("wb") as handle:
         return subprocess.Popen(
-            cli_command(module, *args), cwd=REPO_ROOT, env=cli_env(), stdout=handle, stderr=subprocess.STDOUT
+            cli_command(module, *args),
+            cwd=REPO_ROOT,
+            env=cli_env(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - before exec only
         )
 
 
