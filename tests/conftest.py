@@ -71,7 +71,7 @@ def _popen_cli(module: str, *args: Any, log: Path) -> subprocess.Popen[bytes]:
             env=cli_env(),
             stdout=handle,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - before exec only
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 
