@@ -37,10 +37,15 @@ def _workspace(client: rg.Argilla, name: str) -> rg.Workspace:
         raise UserError(f"workspace {name!r} does not exist and this API key may not create it (owner only)") from None
 
 
-def check_shape(kind: str, candidates: int = 2, min_submitted: int = 1) -> None:
-    """A one-line `UserError` for an overlap or a comparison size no dataset can have (before any server)."""
+def check_min_submitted(min_submitted: int) -> None:
+    """A one-line `UserError` for an overlap no dataset can have (before any server)."""
     if min_submitted < 1:
         raise UserError(f"--min_submitted must be at least 1, not {min_submitted}")
+
+
+def check_shape(kind: str, candidates: int = 2, min_submitted: int = 1) -> None:
+    """A one-line `UserError` for an overlap or a comparison size no dataset can have (before any server)."""
+    check_min_submitted(min_submitted)
     if kind == "comparison" and not 2 <= candidates <= schemas.MAX_CANDIDATES:
         raise UserError(
             f"a comparison shows 2 to {schemas.MAX_CANDIDATES} responses, not {candidates}: set --candidates"

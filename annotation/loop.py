@@ -305,12 +305,12 @@ def check_stage_overrides(config: LoopConfig, current: Round) -> None:
             yaml_file = stage_config(base, overrides, fixed, Path(tmp) / f"{key}.yaml")
             command = [sys.executable, "-m", f"pipelines.{key}", "--config", str(yaml_file), "--validate", "true"]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            checks[key] = (process, str(yaml_file))
-        for key, (process, yaml_file) in checks.items():
+            checks[key] = (process, str(yaml_file), base)
+        for key, (process, yaml_file, base) in checks.items():
             _, stderr = process.communicate()
             if process.returncode:
                 said = (stderr.strip().splitlines() or [f"exit {process.returncode}"])[-1].removeprefix("error: ")
-                where = f"{key}_config {getattr(config, key + '_config')} with the loop's {key}: overrides"
+                where = f"{key}_config {base} with the loop's {key}: overrides"
                 raise UserError(f"{said.replace(yaml_file, where)} (checked before the round starts)")
 
 

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from annotation import schemas
 from annotation.client import connect, dataset_exists, dataset_kind, find_dataset, record_total, split_address
-from annotation.create import create_dataset
+from annotation.create import check_min_submitted, create_dataset
 from annotation.users import add_users, default_credentials
 from pipelines.cli import CliParser, UserError, cli_entry
 from pipelines.data.formats import PROMPT_COLUMNS, detect_mapping, parse_columns
@@ -459,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= BATCH_SIZE:
         raise UserError(f"--batch_size must be between 1 and {BATCH_SIZE}")
-    if args.min_submitted < 1:
-        raise UserError(f"--min_submitted must be at least 1, not {args.min_submitted}")
+    check_min_submitted(args.min_submitted)
     split_address(args.dataset)
     # With --kind the data is checked before any server is needed; without, the dataset says its kind.
     agent = schemas.agent_name(args.agent) if args.agent else schemas.import_agent(args.data)

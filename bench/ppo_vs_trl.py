@@ -132,11 +132,12 @@ def ppo_models(args: Any) -> tuple[str, str]:
     return default_models()
 
 
-def shared_settings(updates: int, learning_rate: float, quick: bool) -> dict[str, Any]:
+def shared_settings(updates: int, learning_rate: float | None, quick: bool) -> dict[str, Any]:
+    """Both sides' PPO settings: configs/ppo/default.yaml's (its learning rate unless `learning_rate`)."""
     ours = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
     keys = ("temperature", "kl_coef", "kl_estimator", "cliprange", "cliprange_value", "vf_coef")
     keys += ("gamma", "lam", "whiten_rewards", "missing_eos_penalty", "seed", "max_new_tokens")
-    settings = {key: ours[key] for key in keys} | {"learning_rate": learning_rate}
+    settings = {key: ours[key] for key in keys} | {"learning_rate": learning_rate or ours["learning_rate"]}
     settings |= {"rollout_batch_size": ours["rollout_batch_size"], "ppo_epochs": ours["ppo_epochs"], "updates": updates}
     settings |= {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}
     if quick:
@@ -199,6 +200,12 @@ def our_flags(s: dict[str, Any], output_dir: Path, precision: Precision) -> list
         "max_grad_norm": 0.0,  # trl 1.12's PPO loop never clips gradients; ours does by default (1.0)
     }
     return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def steady_episodes_per_s(record: dict[str, Any], settings: dict[str, Any]) -> float:
+    """Episodes/s of updates 2 on (the first pays for warm-up: allocator, kernels, the drafter's first batch)."""
+    steady = record["update_seconds"][1:]
+    return len(steady) * settings["rollout_batch_size"] / sum(steady)
 
 
 def compare_held_out(
@@ -287,9 +294,8 @@ def main(argv: list[str] | None = None) -> None:
             tmp = Path(tmp_name) / f"run-{i}"
             tmp.mkdir()
             record = (run_ours if side == "ours" else run_peer)(tmp, policy, reward_model, settings, precision)
-            steady = record["update_seconds"][1:]
             record |= {"side": side, "rollout_score_gain": reward_gain(record["scores"])}
-            record["steady_episodes_per_s"] = len(steady) * settings["rollout_batch_size"] / sum(steady)
+            record["steady_episodes_per_s"] = steady_episodes_per_s(record, settings)
             print(
                 f"  run {i + 1}/{len(order)} {side:<4} {record['steady_episodes_per_s']:.3f} episodes/s "
                 f"(updates 2-{len(record['update_seconds'])}), {record['response_tokens_per_episode']:.1f} response "

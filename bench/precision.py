@@ -42,7 +42,7 @@ from bench.common import (
     textsql_data,
     write_yaml,
 )
-from bench.ppo_vs_trl import add_model_flags, ppo_models, run_ours, shared_settings
+from bench.ppo_vs_trl import add_model_flags, ppo_models, run_ours, shared_settings, steady_episodes_per_s
 from bench.reward_vs_trl import REWARD_COMMON, pairs_data
 from bench.vs_plain import steady_rate
 from pipelines.runner import Precision, resolve_precision
@@ -123,26 +123,19 @@ def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[
     import copy
 
     import torch
-    import yaml
     from transformers import AutoModelForCausalLM
 
-    from bench.common import ROOT, TEXTSQL_TRAIN, read_jsonl
+    from bench.rollout import rollout_batches
     from pipelines.ppo.rollout import sample
     from pipelines.runner import NgramDrafter, load_tokenizer
 
-    config = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
+    config, chunks = rollout_batches(args.quick)
     batch_size, temperature = config["rollout_batch_size"], config["temperature"]
-    max_new_tokens = 16 if args.quick else config["max_new_tokens"]
+    max_new_tokens = config["max_new_tokens"]
     policy = ppo_models(args)[0]
-    batches = 2 if args.quick else 8
     tokenizer = load_tokenizer(policy, padding_side="left")
     fp32 = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
     models = {side: fp32 if not p.bf16 else copy.deepcopy(fp32).to(torch.bfloat16) for side, p in sides.items()}
-    rows = read_jsonl(TEXTSQL_TRAIN)[: batches * batch_size]
-    chunks = [
-        [[{"role": "user", "content": row["question"]}] for row in rows[i : i + batch_size]]
-        for i in range(0, len(rows), batch_size)
-    ]
 
     def under(side: str) -> contextlib.AbstractContextManager:
         return torch.autocast("cpu", dtype=torch.bfloat16) if sides[side].bf16 else contextlib.nullcontext()
@@ -188,21 +181,15 @@ def rollout_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[
 
 def ppo_runs(sides: dict[str, Precision], args: argparse.Namespace) -> list[dict]:
     """pipelines.ppo with configs/ppo/default.yaml in each precision, A B B A; steady episodes/s of each."""
-    import yaml
-
-    from bench.common import ROOT
-
     policy, reward_model = ppo_models(args)
-    learning_rate = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())["learning_rate"]
-    settings = shared_settings(2 if args.quick else 5, learning_rate, args.quick)
+    settings = shared_settings(2 if args.quick else 5, None, args.quick)  # the config's learning rate
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-precision-ppo-") as tmp_name:
         for i, side in enumerate(order := abba(args.reps, *sides)):
             tmp = Path(tmp_name) / f"run-{i}"
             tmp.mkdir()
             record = run_ours(tmp, policy, reward_model, settings, sides[side])
-            steady = record["update_seconds"][1:]
-            rate = len(steady) * settings["rollout_batch_size"] / sum(steady)
+            rate = steady_episodes_per_s(record, settings)
             print(
                 f"  run {i + 1}/{len(order)} {side}: {rate:.3f} episodes/s, peak RSS {record['peak_rss_mib']:.0f} MiB"
             )

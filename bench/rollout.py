@@ -58,6 +58,17 @@ def response_tokens(new: torch.Tensor, eos: int, pad: int) -> int:
     return count
 
 
+def rollout_batches(quick: bool, batches: int | None = None) -> tuple[dict[str, Any], list[list[list[dict]]]]:
+    """configs/ppo/default.yaml (16 new tokens in quick mode) and `batches` (default 8; quick 2) batches of
+    training questions at its rollout batch size, as chat prompts."""
+    config = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
+    config["max_new_tokens"] = 16 if quick else config["max_new_tokens"]
+    size = config["rollout_batch_size"]
+    rows = read_jsonl(TEXTSQL_TRAIN)[: (batches or (2 if quick else 8)) * size]
+    prompts = [[{"role": "user", "content": row["question"]}] for row in rows]
+    return config, [prompts[i : i + size] for i in range(0, len(prompts), size)]
+
+
 @torch.no_grad()
 def plain_generate(model: Any, tokenizer: Any, batch: Any, max_new_tokens: int, temperature: float) -> torch.Tensor:
     output = model.generate(
@@ -85,18 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.ppo.rollout import sample
     from pipelines.runner import NgramDrafter, load_tokenizer, render_prompts
 
-    config = yaml.safe_load((ROOT / "configs" / "ppo" / "default.yaml").read_text())
+    config, chunks = rollout_batches(args.quick, args.batches)
     batch_size, temperature = config["rollout_batch_size"], config["temperature"]
-    max_new_tokens = 16 if args.quick else config["max_new_tokens"]
+    max_new_tokens = config["max_new_tokens"]
     policy = model_path(TINY) if args.quick else (args.policy or default_policy())
-    batches = args.batches or (2 if args.quick else 8)
+    batches = len(chunks)
     recorder = Recorder(NAME, args.quick)
 
     tokenizer = load_tokenizer(policy, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
-    rows = read_jsonl(TEXTSQL_TRAIN)[: batches * batch_size]
-    prompts = [[{"role": "user", "content": row["question"]}] for row in rows]
-    chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     sample(model, tokenizer, chunks[0][:2], 8, temperature, 2)  # warm-up, untimed
     drafter, draft_tokens = NgramDrafter(), config["draft_tokens"]
 

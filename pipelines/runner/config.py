@@ -406,7 +406,7 @@ def parse_config(
     defaults: dict[str, Any] | None = None,
     prog: str | None = None,
 ) -> tuple[Any, ...]:
-    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values.
+    """Parse `--config FILE` and flags into the given dataclasses (TRL's `TrlParser`), then check the values'
     bounds (`check_ranges`), refuse QLoRA where it cannot run, and apply `verbose`; with `validate` stop there.
 
     `defaults` are the stage's own defaults (e.g. bf16 off on CPU); the YAML overrides them and
