@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--annotators", type=int, default=50, help="annotators at once (50)")
     parser.add_argument("--seconds", type=float, default=None, help="length of each concurrent run (60 s; quick 10)")
     parser.add_argument("--processes", type=int, default=None, help="server processes (default: the launcher's)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="requests at once per server process (default: the launcher's)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="accepted for `python -m bench`; unused here")
     args = parser.parse_args(argv)
     small = args.small or (2_000 if args.quick else 10_000)
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             server = nullcontext([])
         else:
             extra = ["--processes", str(args.processes)] if args.processes else []
+            extra += ["--concurrency", str(args.concurrency)] if args.concurrency else []
             server = embedded_server(Path(tmp) / "home", *extra)
         with server as pids:
             from annotation.client import connect
@@ -371,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "records": {"small": small, "large": large},
             "server_processes": args.processes or "default",
+            "server_concurrency": args.concurrency or "default",
             "targets": targets,
             "ingest": {
                 "records": large,

@@ -102,6 +102,9 @@ def test_status_is_healthy_and_the_ui_loads(argilla_server) -> None:
     page = httpx.get(f"{argilla_server.url}/", timeout=30)
     assert page.status_code == 200
     assert "<title>Argilla</title>" in page.text
+    me = httpx.get(f"{argilla_server.url}/api/v1/me", headers={"X-Argilla-Api-Key": argilla_server.api_key}, timeout=30)
+    assert me.status_code == 200 and me.json()["username"] == "argilla"
+    assert re.fullmatch(r"total;dur=\d+(\.\d+)?", me.headers["server-timing"])  # Argilla's header, kept
 
     again = argilla_server.run_server("start")
     assert again.returncode == 0 and "already running" in again.stdout
@@ -211,6 +214,12 @@ def test_a_taken_redis_port_is_one_line_and_starts_nothing(tmp_path: Path) -> No
         done = server_cli(tmp_path / "var", "start", "--redis-port", port)
     one_error_line(done, f"Redis port {port} is taken", "--redis-port")
     assert not (tmp_path / "var").exists()  # nothing written, nothing started
+
+
+@pytest.mark.parametrize("flag", ["--processes", "--concurrency"])
+def test_fewer_than_one_process_or_request_at_once_is_one_line_and_starts_nothing(tmp_path: Path, flag: str) -> None:
+    one_error_line(server_cli(tmp_path / "var", "start", flag, 0), f"{flag} must be at least 1, got 0")
+    assert not (tmp_path / "var").exists()
 
 
 def test_status_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:

@@ -27,12 +27,14 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import sys
 from typing import Any
 
 from annotation.server import patches, search_engine
 
 GC_THRESHOLD = 50_000
+CONCURRENCY_ENV = "ANNOTATION_SERVER_CONCURRENCY"  # from `serve` to its server processes (fresh interpreters)
 OWNER = "argilla"  # Argilla's default owner and workspace names, which its docs and SDK examples use
 
 
@@ -86,11 +88,38 @@ def collect_garbage_less() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def serve(host: str, port: int, owner: dict, processes: int) -> None:
+class Admission:
+    """ASGI wrapper: at most `limit` HTTP requests of this process inside the app at once, the others wait their
+    turn (first come, first served).
+
+    A request's work is CPU on the event loop and SQLite calls on aiosqlite's threads, in the same process. With
+    50 annotators at once (25 requests per process) each request's next step waited behind the others' Python: a
+    write transaction held SQLite's write lock 5-12 ms instead of 2 (every writer of both processes queued behind
+    it) and the threads' hand-offs cost CPU, 21-27 ms of server CPU per fetch + submit against 16.5 ms with one
+    request at a time (20,000 records, 2 processes on 2 cores; `python -m bench.annotation_load`, which has the
+    figures per limit). A request that takes long (a large bulk upload, a slow client reading a large answer)
+    holds its process's turn meanwhile: raise `--concurrency` where such requests are common."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._turns: asyncio.Semaphore | None = None  # made in the serving event loop, on the first request
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(self.limit)
+        async with self._turns:
+            await self.app(scope, receive, send)
+
+
+def serve(host: str, port: int, owner: dict, processes: int, concurrency: int) -> None:
     """Migrate, then serve with `processes` server processes (uvicorn's workers, each a fresh interpreter that
-    imports `process_app`; with one, this process serves)."""
+    imports `process_app`; with one, this process serves), each with `concurrency` requests at once."""
     patches.apply_all()  # first: the owner's connections below stay in the pool the app uses
     prepare(owner)
+    os.environ[CONCURRENCY_ENV] = str(concurrency)
 
     import uvicorn
 
@@ -105,7 +134,7 @@ def _loaded_app() -> Any:
     from argilla_server import app
 
     collect_garbage_less()
-    return app
+    return Admission(app, int(os.environ[CONCURRENCY_ENV]))
 
 
 def process_app() -> Any:
@@ -130,10 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=6900)
     serve_parser.add_argument("--processes", type=int, default=1, help="server processes")
+    serve_parser.add_argument("--concurrency", type=int, default=1, help="requests at once in each server process")
     commands.add_parser("worker", help="the rq worker for background jobs")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port, json.loads(sys.stdin.read()), args.processes)
+        serve(args.host, args.port, json.loads(sys.stdin.read()), args.processes, args.concurrency)
     else:
         worker()
 

@@ -47,6 +47,7 @@ OWNER = "argilla"
 ENGINE = "annotation-sql"  # annotation.server.search_engine.ENGINE_NAME (that module imports argilla_server)
 DEFAULT_PORT = 6900
 DEFAULT_PROCESSES = min(2, os.cpu_count() or 1)
+DEFAULT_CONCURRENCY = 1  # measured: annotation/server/app.py, Admission
 SERVICES = ("redis", "server", "worker")
 START_HINT = "start it with `python -m annotation server start`"
 SQLITE = "sqlite"  # `--database-url sqlite`: the var dir's own SQLite file (the default)
@@ -388,6 +389,9 @@ def _inventory(url: str, key: str) -> dict[str, Any]:
 
 
 def start(args: argparse.Namespace) -> int:
+    for flag in ("processes", "concurrency"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     external = external_server()
     if external is not None:
         print(f"using the external Argilla at {external[0]} (ARGILLA_API_URL): nothing started here")
@@ -436,7 +440,7 @@ def _start_locked(args: argparse.Namespace, paths: Paths, state: State, database
     python = ensure_server_venv()
     began = time.monotonic()
     try:
-        _start_services(state, paths, redis, python, args.timeout, args.processes)
+        _start_services(state, paths, redis, python, args.timeout, args.processes, args.concurrency)
     except BaseException:
         _stop_processes(state)
         state.save(paths)
@@ -505,7 +509,9 @@ def _same_server(state: State, paths: Paths, args: argparse.Namespace, database:
         )
 
 
-def _start_services(state: State, paths: Paths, redis: str, python: Path, timeout: float, processes: int) -> None:
+def _start_services(
+    state: State, paths: Paths, redis: str, python: Path, timeout: float, processes: int, concurrency: int
+) -> None:
     if not paths.auth_secret_file.is_file():
         _write_secret(paths.auth_secret_file, secrets.token_hex(32))
     # Else Argilla draws a token key in each process: a login made by one server process was refused by the
@@ -533,6 +539,7 @@ def _start_services(state: State, paths: Paths, redis: str, python: Path, timeou
     app = [str(python), "-c", "from annotation.server.app import main; main()"]
     _spawn(state, paths, "worker", [*app, "worker"], env)
     serve = [*app, "serve", "--host", state.host, "--port", str(state.port), "--processes", str(processes)]
+    serve += ["--concurrency", str(concurrency)]
     server = _spawn(state, paths, "server", serve, env, stdin=json.dumps(owner))
     _wait_for(lambda: _healthy(state.url), server, timeout, f"the Argilla server at {state.url}", paths.log("server"))
 
@@ -649,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_PROCESSES,
         help=f"API server processes (default {DEFAULT_PROCESSES}: one per core, at most 2)",
+    )
+    start_parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests each server process works on at once; the others wait their turn (default "
+        f"{DEFAULT_CONCURRENCY}: fastest for many annotators; raise it where long requests are common)",
     )
     commands.add_parser("stop", parents=[home], help="stop the server, its worker and Redis")
     status_parser = commands.add_parser("status", parents=[home], help="URL, health, users and datasets")
