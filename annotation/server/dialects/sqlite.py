@@ -119,8 +119,11 @@ _KEPT_RESPONSES = f"SELECT dataset_id, user_id, status, record_status, n FROM {R
 
 # Records whose status disagrees with their submitted responses (overlap: completed once `min_submitted` are
 # submitted): a server killed between a response's commit and its record's status update leaves one behind.
+# `+rs.status`: the record's responses are found by its id. Without statistics SQLite chose the index on status,
+# and counted a record's responses by walking every submitted response of the database: 4.2 ms per submission
+# at 25,000 submitted responses, under the write lock, and 129 s of `repair_statuses` at each start (10^6 records).
 _DUE_STATUS = (
-    "CASE WHEN (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = records.id AND rs.status = 'submitted') >= "
+    "CASE WHEN (SELECT COUNT(*) FROM responses rs WHERE rs.record_id = records.id AND +rs.status = 'submitted') >= "
     "(SELECT json_extract(d.distribution, '$.min_submitted') FROM datasets d WHERE d.id = records.dataset_id) "
     "THEN 'completed' ELSE 'pending' END"
 )
