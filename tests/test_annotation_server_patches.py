@@ -16,18 +16,18 @@ from annotation.server import patches
 from annotation.server.launcher import REPO_ROOT, ensure_server_venv
 
 
-def test_every_patch_applies_to_the_installed_argilla_server() -> None:
-    python = ensure_server_venv()
+def in_server_venv(*args: str) -> str:
+    """Run the server venv's Python with `args` in the repository; its standard output."""
     done = subprocess.run(
-        [str(python), "-m", "annotation.server.patches", "--check"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [str(ensure_server_venv()), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"applied {patch.__name__}" for patch in patches.PATCHES]
+    return done.stdout
+
+
+def test_every_patch_applies_to_the_installed_argilla_server() -> None:
+    applied = in_server_venv("-m", "annotation.server.patches", "--check")
+    assert applied.splitlines() == [f"applied {patch.__name__}" for patch in patches.PATCHES]
 
 
 def test_a_patch_whose_target_is_gone_fails_instead_of_running_stock() -> None:
@@ -36,22 +36,13 @@ def test_a_patch_whose_target_is_gone_fails_instead_of_running_stock() -> None:
         patches._replace(module, "moved", lambda: None)
 
 
-def in_server_venv(check: str) -> dict:
-    """Run one of tests/server_venv_checks.py's checks with the server venv's Python."""
-    done = subprocess.run(
-        [str(ensure_server_venv()), str(REPO_ROOT / "tests" / "server_venv_checks.py"), check],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+def venv_check(check: str) -> dict:
+    """One of tests/server_venv_checks.py's checks, run in the server venv."""
+    return json.loads(in_server_venv(str(REPO_ROOT / "tests" / "server_venv_checks.py"), check).splitlines()[-1])
 
 
 def test_sqlite_statements_in_one_hop_answer_as_the_stock_adapter() -> None:
-    answers = in_server_venv("one-hop")
+    answers = venv_check("one-hop")
     assert answers["patched"] == answers["stock"]
     assert answers["stock"] == [
         ["insert", 1, 1],
@@ -65,7 +56,7 @@ def test_sqlite_statements_in_one_hop_answer_as_the_stock_adapter() -> None:
 
 
 def test_admission_lets_in_at_most_the_limit_first_come_first_served() -> None:
-    admitted = in_server_venv("admission")
+    admitted = venv_check("admission")
     assert admitted["1"]["most_inside"] == 1
     assert admitted["3"]["most_inside"] == 3
     for limit in ("1", "3"):
