@@ -93,12 +93,12 @@ class Admission:
     turn (first come, first served).
 
     A request's work is CPU on the event loop and SQLite calls on aiosqlite's threads, in the same process. With
-    50 annotators at once (25 requests per process) each request's next step waited behind the others' Python: a
-    write transaction held SQLite's write lock 5-12 ms instead of 2 (every writer of both processes queued behind
-    it) and the threads' hand-offs cost CPU, 21-27 ms of server CPU per fetch + submit against 16.5 ms with one
-    request at a time (20,000 records, 2 processes on 2 cores; `python -m bench.annotation_load`, which has the
-    figures per limit). A request that takes long (a large bulk upload, a slow client reading a large answer)
-    holds its process's turn meanwhile: raise `--concurrency` where such requests are common."""
+    50 annotators at once (25 requests per process) each request's next step waited behind the others' Python:
+    a write transaction held SQLite's write lock 5.2 ms on average (busy 93 % of the time; every writer of both
+    processes queued behind it), and the server spent 22 ms of CPU per fetch + submit against 19 ms with one
+    request at a time: 77 against 91-93 submissions/s (20,000 records, 2 processes on 2 cores; the README has
+    the figures per limit). A request that takes long (a large bulk upload, a slow client reading a large
+    answer) holds its process's turn meanwhile: raise `--concurrency` where such requests are common."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app

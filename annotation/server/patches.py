@@ -287,8 +287,9 @@ def execute_sqlite_statements_in_one_hop() -> None:
     (open a cursor, execute, fetch all rows, close), each a hand-off to that thread and a wake-up of the event loop:
     430 µs of CPU per one-row SELECT, 220 µs in one hand-off (3,000 statements from 10 tasks at once, 2-core VM).
     A queue fetch and a submission make about 20 statements between them, and under 50 annotators the server's
-    CPU is the limit. The same four calls, in the same order, on the same thread, in one hand-off; server-side
-    (streaming) cursors stay stock. PostgreSQL: nothing to do."""
+    CPU is the limit: 89.5 submissions/s without this patch, 105 with it (one request at a time, single runs).
+    The same four calls, in the same order, on the same thread, in one hand-off; server-side (streaming) cursors
+    stay stock. PostgreSQL: nothing to do."""
     from collections import deque
 
     from argilla_server.settings import settings
@@ -470,8 +471,9 @@ class _ServerTiming:
 
 def time_requests_without_a_task() -> None:
     """Argilla adds its `Server-Timing` header with `@app.middleware("http")`, a BaseHTTPMiddleware: each request
-    runs in a task group of its own and its response is streamed through a memory channel, 1.3 ms of a queue
-    fetch's 9.5 ms and 2 ms of a submission's 12.7 (in-process, one annotator). The same header from plain ASGI."""
+    runs in a task group of its own and its response is streamed through a memory channel: 1.3 ms of a queue
+    fetch's 9.5 ms (in-process, one annotator); 50 annotators made 88 submissions/s without this patch and 105
+    with it (one request at a time per process, single runs). The same header from plain ASGI."""
     from argilla_server import app
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
