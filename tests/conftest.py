@@ -35,6 +35,19 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, **TEST_ENV}
 
 
+def in_server_venv(*args: str) -> str:
+    """Run the embedded server venv's Python with `args` in the repository, without any ARGILLA_* setting (a
+    test server's URL must not leak in); its standard output. Fails the test on a non-zero exit."""
+    from annotation.server.launcher import REPO_ROOT, ensure_server_venv
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
+    done = subprocess.run(
+        [str(ensure_server_venv()), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def cli_command(module: str, *args: Any) -> list[str]:
     """`.venv/bin/python -m <module> args...` (every argument turned into a string)."""
     return [PYTHON, "-m", module, *(str(a) for a in args)]

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +25,6 @@ import argilla as rg
 import httpx
 import pytest
 
-from annotation.server.launcher import REPO_ROOT, ensure_server_venv
 from bench.annotation_load import (
     QUEUE,
     RANKING,
@@ -38,7 +36,7 @@ from bench.annotation_load import (
     comparison_records,
     new_dataset,
 )
-from tests.conftest import ArgillaServer
+from tests.conftest import ArgillaServer, in_server_venv
 from tests.pg import Cluster, throwaway_cluster
 
 DATABASES = ("sqlite", "postgresql")
@@ -184,11 +182,7 @@ def engine_statements(expression: str = "[Dialect.queue_page, Dialect.answered_p
         "from annotation.server.dialects.sqlite import SQLite\n"
         f"print(json.dumps({expression}))"
     )
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [str(ensure_server_venv()), "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
-    )
-    return json.loads(done.stdout)
+    return json.loads(in_server_venv("-c", script))
 
 
 QUEUE_PARAMS = {"window": 1, "limit": 1, "offset": 0, "s0": "submitted"}

@@ -7,22 +7,13 @@ SQLite adapter's one hand-off and the server's admission are also checked alone,
 from __future__ import annotations
 
 import json
-import subprocess
 import types
 
 import pytest
 
 from annotation.server import patches
-from annotation.server.launcher import REPO_ROOT, ensure_server_venv
-
-
-def in_server_venv(*args: str) -> str:
-    """Run the server venv's Python with `args` in the repository; its standard output."""
-    done = subprocess.run(
-        [str(ensure_server_venv()), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from annotation.server.launcher import REPO_ROOT
+from tests.conftest import in_server_venv
 
 
 def test_every_patch_applies_to_the_installed_argilla_server() -> None:

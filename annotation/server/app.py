@@ -102,14 +102,11 @@ class Admission:
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app = app
-        self.limit = limit
-        self._turns: asyncio.Semaphore | None = None  # made in the serving event loop, on the first request
+        self._turns = asyncio.Semaphore(limit)  # bound to the serving event loop when first waited on
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self._turns is None:
-            self._turns = asyncio.Semaphore(self.limit)
         async with self._turns:
             await self.app(scope, receive, send)
 
