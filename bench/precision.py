@@ -16,6 +16,8 @@ not time, is compared). Rollout samples batches of training prompts with the PPO
 the trainer does: from the fp32 policy, or for bf16 from its bf16 copy under bf16 autocast. PPO runs
 `python -m pipelines.ppo` on configs/ppo/default.yaml (5 updates, the newest demo run's SFT policy and
 reward model, or --policy and --reward_model) and compares the steady episodes/s (updates 2-5), with peak RSS alongside.
+Where bf16 is native each row also measures the machine's bf16:fp32 matmul peak (2048² products, as `bench.mfu`):
+no stage can gain more than that ratio, and the more of a step lies outside its matmuls, the less it gains.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import gc
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from bench.common import (
     SMOLLM2,
@@ -42,6 +46,7 @@ from bench.common import (
     textsql_data,
     write_yaml,
 )
+from bench.mfu import matmul_peak
 from bench.ppo_vs_trl import add_model_flags, ppo_models, run_ours, shared_settings, steady_episodes_per_s
 from bench.reward_vs_trl import REWARD_COMMON, pairs_data
 from bench.vs_plain import steady_rate
@@ -51,6 +56,7 @@ TARGET_NATIVE = 1.7  # bf16 where the CPU has it: the issue's target for trainin
 TARGET_FALLBACK = 0.98  # auto is fp32 there: at most 2 % slower, i.e. nothing
 STAGES = ("sft", "reward", "generation", "rollout", "ppo")
 COLUMNS = ["--columns", "prompt=question,completion=answer"]
+BF16, FP32 = torch.bfloat16, torch.float32
 
 
 def training_runs(stage: str, model: str, sides: dict[str, Precision], args: argparse.Namespace) -> list[dict]:
@@ -208,6 +214,12 @@ def main(argv: list[str] | None = None) -> None:
     auto = resolve_precision("auto")
     print(f"precision: {auto.reason}", flush=True)
     sides = {f"auto ({auto.name})": auto, "fp32": resolve_precision("fp32")}
+    # The hardware's own bf16:fp32 matmul ratio bounds every row (a step is never faster than its products
+    # allow): measured here, not assumed. Only where bf16 is native: emulated, a 2048² product takes minutes.
+    peaks = {}
+    if auto.bf16:
+        peaks = {str(dtype): matmul_peak(dtype, blocks=3, reps=3)["gflops_peak"] for dtype in (BF16, FP32)}
+        print(f"matmul peak (2048²): bf16 {peaks[str(BF16)]:.0f} vs fp32 {peaks[str(FP32)]:.0f} GFLOP/s", flush=True)
     model = model_path(TINY if args.quick else SMOLLM2)
     name = f"precision_{args.stage}"
     recorder = Recorder(name, args.quick)
@@ -239,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "ppo":
         rss = {side: max(r["peak_rss_mib"] for r in runs if r["side"] == side) for side in sides}
         note += f", peak RSS {rss[a_label]:.0f} vs {rss[b_label]:.0f} MiB"
+    if peaks:
+        note += f", matmul peak ratio {peaks[str(BF16)] / peaks[str(FP32)]:.2f}x"
     per_batch = ""
     if args.stage == "generation":
         ratios = [
@@ -262,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "model": ppo_models(args)[0] if args.stage in ("rollout", "ppo") else model,
             "auto": auto.as_dict(),
+            "matmul_peak_gflops": peaks,
             "targets": {"native_bf16": TARGET_NATIVE, "no_native_bf16": TARGET_FALLBACK},
             "order": abba(args.reps, *sides),
             "runs": runs,

@@ -1,7 +1,8 @@
 """Where one SFT training step's time goes, bf16 autocast vs fp32: step times and the top ops (torch.profiler).
 
     python -m bench.profile_sft_step                       # SmolLM2-135M, 8 text-to-SQL pairs as the demo trains them
-    python -m bench.profile_sft_step --attention math      # SDPA's math kernel instead of flash (or: eager)
+    python -m bench.profile_sft_step --attention sdpa      # stock SDPA (bf16 flash) instead of the stages' own
+    python -m bench.profile_sft_step --attention math      # SDPA's math kernel (or: eager)
     python -m bench.profile_sft_step --threads 1 --rows 20
 
 A profile, not a bench: it prints and writes nothing. The step is a plain forward/backward/AdamW on the model
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from bench.common import SMOLLM2, TEXTSQL_TRAIN, apply_threads, model_path, read_jsonl
+from pipelines.runner import use_training_attention
 
 
 def train_step(model: Any, optimizer: Any, batch: Any, labels: Any, bf16: bool, kernel: list | None) -> None:
@@ -33,7 +35,12 @@ def train_step(model: Any, optimizer: Any, batch: Any, labels: Any, bf16: bool, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_sft_step", description=__doc__.splitlines()[0])
-    parser.add_argument("--attention", choices=("sdpa", "math", "eager"), default="sdpa")
+    parser.add_argument(
+        "--attention",
+        choices=("training", "sdpa", "math", "eager"),
+        default="training",
+        help="training: the stages' own (`use_training_attention`: fp32 scores for short rows under bf16)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after 2 warm-up steps")
     parser.add_argument("--rows", type=int, default=12, help="ops listed per precision")
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     implementation = "eager" if args.attention == "eager" else "sdpa"
     for bf16 in (True, False):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=implementation)
+        if args.attention == "training":
+            use_training_attention(model)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
         kernel = [SDPBackend.MATH] if args.attention == "math" else None

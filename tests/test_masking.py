@@ -175,9 +175,9 @@ def test_chat_template_renders_the_same_text_as_smollm2_original(tokenizer) -> N
 def test_packed_rows_attend_per_sequence_with_the_same_values_and_gradients(
     make_trainer, tiny_model, monkeypatch
 ) -> None:
-    """`attend_per_sequence`: a flattened packed row (TRL's padding-free batch, with its sequence boundaries)
+    """`use_training_attention`: a flattened packed row (TRL's padding-free batch, with its sequence boundaries)
     gives each example the logits and gradients it has alone, without a dense mask over the whole row."""
-    from pipelines.runner import attend_per_sequence
+    from pipelines.runner import use_training_attention
 
     calls: list[tuple[int, bool]] = []  # (query length, masked) of every SDPA call
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -192,8 +192,8 @@ def test_packed_rows_attend_per_sequence_with_the_same_values_and_gradients(
     prepared = trainer.train_dataset
     batch = trainer.data_collator([prepared[i] for i in range(len(prepared))])
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    attend_per_sequence(model)
-    assert model.config._attn_implementation == "sdpa_per_sequence"
+    use_training_attention(model)
+    assert model.config._attn_implementation == "sdpa_for_training"
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")}
     packed = model(**inputs, labels=batch["labels"], use_cache=False)
     lengths = batch["cu_seq_lens_q"].diff().tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def make_trainer(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., PPO
     """`make_trainer(bf16, seed)`: a PPO trainer on the sharpened tiny model, shared-backbone value head. The
     accelerate state is a process singleton fixed at the first Accelerator: reset around each one."""
 
-    def make(bf16: bool, seed: int = 0) -> PPOTrainer:
+    def make(bf16: bool, seed: int = 0, **overrides: Any) -> PPOTrainer:
         AcceleratorState._reset_state(reset_partial_state=True)
         tokenizer = AutoTokenizer.from_pretrained(tiny_model)
         torch.manual_seed(seed)
@@ -53,6 +54,7 @@ def make_trainer(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., PPO
             draft_tokens=0,
             bf16=bf16,
             seed=seed,
+            **overrides,
         )
         reward = FunctionReward("tests.reward_fns:short_answers", short_answers)
         prompts = [chat(q) for q in QUESTIONS]
@@ -170,3 +172,9 @@ def test_bf16_rollouts_sample_from_a_bf16_copy_of_the_current_weights(make_train
         assert {copy.dtype for copy, _ in pairs} == {torch.bfloat16}
         for copy, weight in pairs:
             assert torch.equal(copy, weight.to(torch.bfloat16))
+
+    lean = make_trainer(bf16=True, bf16_rollout_copy=False)  # for less memory: the trained module, under autocast
+    assert lean.rollout_copy is None
+    with lean._sampling_policy() as sampler:
+        assert sampler is lean._unwrapped().policy
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -174,3 +174,55 @@ def test_bf16_sft_losses_differ_from_fp32_by_rounding_only(sft_runs: dict[str, P
     assert abs(bf16[0] - fp32[0]) / fp32[0] < 1e-3
     assert abs(bf16[-1] - fp32[-1]) / fp32[-1] < 1e-2
     assert json.loads((sft_runs["fp32"] / "summary.json").read_text())["precision"]["precision"] == "fp32"
+
+
+# --- attention under CPU bf16 autocast: fp32 scores for short training rows ---------------------------------
+
+
+def test_training_attention_scores_short_rows_in_fp32_under_bf16_autocast(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`use_training_attention`: on a CPU under bf16 autocast, SDPA gets fp32 inputs for whole short rows (its
+    bf16 backward is the slower one there) and bf16 ones for long rows and decoding steps; the logits stay
+    those of stock SDPA up to bf16 rounding, and without autocast nothing changes."""
+    from pipelines.runner import use_training_attention
+    from pipelines.runner.modeling import FP32_ATTENTION_MAX_KEYS
+
+    seen: list[tuple[int, int, torch.dtype]] = []  # (query length, key length, dtype it runs in) of each SDPA call
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(query, key, value, *args, **kwargs):
+        # under autocast SDPA casts its inputs to bf16 itself (it is on CPU autocast's lower-precision list)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+        seen.append((query.shape[2], key.shape[2], dtype))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
+    stock = load_model(str(tiny_model), ModelConfig())
+    model = use_training_attention(load_model(str(tiny_model), ModelConfig()))
+    assert model.config._attn_implementation == "sdpa_for_training"
+    layers = model.config.num_hidden_layers
+
+    def logits(net: Any, ids: torch.Tensor, bf16: bool = True) -> torch.Tensor:
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return net(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+    short = torch.randint(3, 200, (2, 40), generator=torch.Generator().manual_seed(0))
+    ours = logits(model, short)
+    assert seen == [(40, 40, torch.float32)] * layers
+    torch.testing.assert_close(ours, logits(stock, short), atol=0.05, rtol=0.05)  # bf16 rounding apart
+    assert seen == [(40, 40, torch.bfloat16)] * layers
+
+    long = torch.randint(3, 200, (1, FP32_ATTENTION_MAX_KEYS + 1), generator=torch.Generator().manual_seed(1))
+    logits(model, long)
+    assert {dtype for *_, dtype in seen} == {torch.bfloat16}
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # a decoding step keeps bf16
+        cache = model(input_ids=short, use_cache=True).past_key_values
+        seen.clear()
+        model(input_ids=short[:, :1], past_key_values=cache, use_cache=True)
+    assert seen == [(1, 41, torch.bfloat16)] * layers
+
+    torch.testing.assert_close(logits(model, short, bf16=False), logits(stock, short, bf16=False))
+    assert {dtype for *_, dtype in seen} == {torch.float32}

@@ -57,6 +57,7 @@ from pipelines.runner import (
     stage_defaults,
     start_run,
     training_precision,
+    use_training_attention,
     write_run_files,
     write_summary,
 )
@@ -64,8 +65,8 @@ from pipelines.runner import (
 
 def load_value_model(path: str, model_args: ModelConfig, tokenizer: Any) -> Any:
     """A value model of its own, trained: fp32 weights (bf16 comes from autocast)."""
-    value = load_scalar_model(
-        path, model_args, trained_head=False, role="value model", pad_token_id=tokenizer.pad_token_id
+    value = use_training_attention(
+        load_scalar_model(path, model_args, trained_head=False, role="value model", pad_token_id=tokenizer.pad_token_id)
     )
     if not hasattr(value, "score") or not hasattr(value, value.base_model_prefix):
         raise UserError(f"value model {path} must be a decoder classifier (a backbone + `score` head), like the policy")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         state.device,
         config.share_prompt_prefix,
     )
-    policy = load_model(model_args.model_name_or_path, model_args)  # trained: fp32 master weights
+    policy = use_training_attention(load_model(model_args.model_name_or_path, model_args))  # trained: fp32 weights
     peft_config = lora_config(model_args)
     ref_policy = None
     if peft_config is not None:

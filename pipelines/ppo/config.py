@@ -67,6 +67,14 @@ class PPOConfig(TrainingArguments):
             "per row in each decode forward; the samples are the same, only faster when drafts are right. 0: off."
         },
     )
+    bf16_rollout_copy: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "Under bf16, sample rollouts from a bf16 copy of the policy refreshed every update (autocast "
+            "over the fp32 weights casts every weight again at every decoded token). It holds 2 bytes a policy "
+            "parameter; false: sample from the trained weights under autocast, for less memory."
+        },
+    )
     share_prompt_prefix: bool = dataclasses.field(
         default=True,
         metadata={

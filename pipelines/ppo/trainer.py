@@ -239,8 +239,8 @@ class PPOTrainer:
         # weights casts every weight again at every decoded token: 1.47x fp32's tokens/s against 1.84x for bf16
         # weights, bench.precision rollout / generation). Not with LoRA (the point is one model's memory) nor
         # DeepSpeed (ZeRO-3 gathers its partitions for sampling). The old log-probs come from the training
-        # forward under bf16 either way (`experience`).
-        bf16_copy = config.bf16 and not deepspeed and not hasattr(policy, "peft_config")
+        # forward under bf16 either way (`experience`). `bf16_rollout_copy: false` trades the speed for memory.
+        bf16_copy = config.bf16 and config.bf16_rollout_copy and not deepspeed and not hasattr(policy, "peft_config")
         self.rollout_copy = None
         if self.accelerator.is_fsdp2 or bf16_copy:
             self.rollout_copy = copy.deepcopy(policy).requires_grad_(False)

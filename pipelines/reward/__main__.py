@@ -53,6 +53,7 @@ from pipelines.runner import (
     start_run,
     train_evaluate_save,
     training_precision,
+    use_training_attention,
     write_summary,
 )
 
@@ -126,8 +127,10 @@ def train_main(argv: list[str]) -> None:
     train_pairs, eval_pairs = build_pairs(data_args, pref_args, training_args.seed)
     precision = training_precision(precision_args.precision, training_args)
     # from a causal LM (e.g. the SFT output) the score head starts fresh; fp32 master weights, bf16 by autocast
-    model = load_scalar_model(
-        model_args.model_name_or_path, model_args, trained_head=False, pad_token_id=tokenizer.pad_token_id
+    model = use_training_attention(
+        load_scalar_model(
+            model_args.model_name_or_path, model_args, trained_head=False, pad_token_id=tokenizer.pad_token_id
+        )
     )
     trainer = RewardTrainer(
         model=model,

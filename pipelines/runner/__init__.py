@@ -40,12 +40,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "pipelines.runner.distributed": ("enable_cpu_fsdp",),
     "pipelines.runner.modeling": (
-        "attend_per_sequence",
         "check_weights",
         "load_model",
         "load_tokenizer",
         "lora_config",
         "score_labelled_tokens_only",
+        "use_training_attention",
     ),
     "pipelines.runner.precision": (
         "PRECISIONS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -174,10 +175,27 @@ def score_labelled_tokens_only() -> None:
         trl_utils._use_triton = lambda device: device.type == "cpu" or on_gpu(device)
 
 
-PACKED_SDPA = "sdpa_per_sequence"
+TRAINING_SDPA = "sdpa_for_training"
+# Under CPU bf16 autocast, SDPA's flash kernel is slower in bf16 than in fp32 up to about this many keys
+# (fwd + bwd, SmolLM2's 9 heads of 64, 4096 tokens a batch, 2 threads, AMD EPYC with AVX512-BF16:
+# 75 vs 39 ms at 90 keys, 78 vs 70 at 256, 127 vs 135 at 512).
+FP32_ATTENTION_MAX_KEYS = 256
 
 
-def sdpa_per_sequence(
+def _attend_in_fp32(query: torch.Tensor, keys: int, longest: int) -> bool:
+    """Under CPU bf16 autocast, a pass over mostly new tokens (training, log-probs, prefill; after a shared
+    prefix too) whose sequences are short. Not a decoding step: it would cast its whole cache again."""
+    return (
+        query.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and query.shape[2] > 1
+        and keys <= 2 * query.shape[2]
+        and longest <= FP32_ATTENTION_MAX_KEYS
+    )
+
+
+def sdpa_for_training(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -188,46 +206,60 @@ def sdpa_per_sequence(
     cu_seq_lens_q: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention of a padding-free packed row one sequence at a time, as flash-attn's varlen kernel does.
+    """SDPA for a model being trained: packed rows one sequence at a time; short rows in fp32 on a bf16 CPU.
 
-    TRL's packing (`bfd`) flattens a batch into one row of concatenated examples and passes their
-    boundaries (`cu_seq_lens_q`). Stock SDPA ignores them: transformers turns the position ids into a
-    dense block-diagonal mask over the whole row, so every layer computes (and keeps for backward)
-    all T x T scores — 8 rows of 256 become one of 2048, 8x the attention work, most of it masked
-    out. Here each sequence attends over itself alone (causal, no mask), which is the same result.
-    Anything else (padded batches, decoding with a cache) goes to the stock SDPA.
+    Packing: TRL's padding-free rows (`bfd`) flatten a batch into one row of concatenated examples and
+    pass their boundaries (`cu_seq_lens_q`). Stock SDPA ignores them: transformers turns the position
+    ids into a dense block-diagonal mask over the whole row, so every layer computes (and keeps for
+    backward) all T x T scores — 8 rows of 256 become one of 2048, 8x the attention work, most of it
+    masked out. Here each sequence attends over itself alone (causal, no mask), as flash-attn's varlen
+    kernel does: the same result.
+
+    Precision: on a CPU, the flash kernel's bf16 backward is slower than its fp32 one for short
+    sequences (`FP32_ATTENTION_MAX_KEYS`), so there the scores are computed in fp32 outside autocast;
+    the projections around them stay bf16. Decoding steps and GPUs are left to the stock kernel.
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    if cu_seq_lens_q is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    bounds = cu_seq_lens_q.tolist()
-    parts = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout if module.training else 0.0,
-            is_causal=True,
-            scale=scaling,
-        )
-        for start, end in itertools.pairwise(bounds)
-        if end > start
-    ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    packed = cu_seq_lens_q is not None and query.shape[0] == 1 and key.shape[2] == query.shape[2]
+    bounds = cu_seq_lens_q.tolist() if packed else [0, key.shape[2]]
+    if _attend_in_fp32(query, key.shape[2], max(end - start for start, end in itertools.pairwise(bounds))):
+        query, key, value = query.float(), key.float(), value.float()
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        fp32 = torch.autocast("cpu", enabled=False)
+    else:
+        fp32 = contextlib.nullcontext()
+    with fp32:
+        if not packed:
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        parts = [
+            torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, start:end],
+                key[:, :, start:end],
+                value[:, :, start:end],
+                dropout_p=dropout if module.training else 0.0,
+                is_causal=True,
+                scale=scaling,
+            )
+            for start, end in itertools.pairwise(bounds)
+            if end > start
+        ]
+        return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
-def attend_per_sequence(model: PreTrainedModel) -> None:
-    """Use `sdpa_per_sequence` for a model that trains on padding-free packed rows (where it runs SDPA)."""
+def use_training_attention(model: PreTrainedModel) -> PreTrainedModel:
+    """Use `sdpa_for_training` in a model to be trained, where it runs SDPA (the default)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     if model.config._attn_implementation != "sdpa":
-        return  # flash attention reads the boundaries itself; eager/flex are the user's explicit choice
-    AttentionInterface.register(PACKED_SDPA, sdpa_per_sequence)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
-    model.set_attn_implementation(PACKED_SDPA)
+        return model  # flash attention reads the boundaries itself; eager/flex are the user's explicit choice
+    AttentionInterface.register(TRAINING_SDPA, sdpa_for_training)
+    AttentionMaskInterface.register(TRAINING_SDPA, sdpa_mask)
+    model.set_attn_implementation(TRAINING_SDPA)
+    return model

@@ -39,7 +39,6 @@ from pipelines.runner import (
     PrecisionArguments,
     RunArguments,
     UserError,
-    attend_per_sequence,
     check_weights,
     cli_entry,
     load_model,
@@ -51,6 +50,7 @@ from pipelines.runner import (
     start_run,
     train_evaluate_save,
     training_precision,
+    use_training_attention,
     write_summary,
 )
 
@@ -138,9 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     check_weights(model_args.model_name_or_path)
     train_dataset, eval_dataset = build_datasets(data_args, tokenizer, training_args)
     precision = training_precision(precision_args.precision, training_args)
-    model = load_model(model_args.model_name_or_path, model_args)  # fp32 master weights, bf16 by autocast
-    if training_args.packing or training_args.padding_free:
-        attend_per_sequence(model)  # each packed example attends over itself, not over the whole flattened batch
+    # fp32 master weights, bf16 by autocast; each packed example attends over itself, not the whole flattened row
+    model = use_training_attention(load_model(model_args.model_name_or_path, model_args))
     score_labelled_tokens_only()
     trainer = SFTTrainer(
         model=model,
